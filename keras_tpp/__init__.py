@@ -1,0 +1,33 @@
+"""keras_tpp: Trainability Preserving Pruning and related structured pruning for Keras 3.
+
+The workflow::
+
+    pmodel = keras_tpp.prepare(model, pruning_ratio=0.5, method="tpp")
+    pmodel.compile(...)
+    pmodel.fit(data, callbacks=[keras_tpp.TPPCallback(...)])
+    thin = keras_tpp.shrink(pmodel)      # a physically thinner plain Keras model
+
+TensorFlow-only helpers (tf.data pipelines, tf.distribute) live in ``keras_tpp.data`` and
+``keras_tpp.distribute`` and are not imported here.
+"""
+from keras_tpp import (
+    filters,
+    graph,
+    importance,
+    lr_schedules,
+    methods,
+    metrics,
+    models,
+    orthp as _orthp_module,
+    penalties,
+    wrappers,
+)
+from keras_tpp.callbacks import PruningCallback, TPPCallback
+from keras_tpp.graph import DependencyGraph, UnsupportedModelError
+from keras_tpp.methods import METHODS
+from keras_tpp.orthp import orthp
+from keras_tpp.penalty_schedule import PenaltySchedule
+from keras_tpp.prepare import apply_masks, get_masks, prepare, strip
+from keras_tpp.wrappers import PruningWrapper
+
+__version__ = "0.1.0"

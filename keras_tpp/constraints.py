@@ -1,0 +1,52 @@
+"""A Keras constraint that keeps pruned channels exactly zero after every optimizer step.
+
+Keras applies a variable's constraint right after each gradient update, inside the compiled
+train step, so the masked entries stay zero with any ``steps_per_execution`` and under
+tf.distribute. The constraint reads a keep-mask and an on/off switch from variables bound by
+a :class:`~keras_tpp.wrappers.PruningWrapper`; while the switch is 0 it changes nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+from keras import ops
+
+from keras_tpp import filters
+
+
+@keras.saving.register_keras_serializable(package="keras_tpp")
+class ChannelMask(keras.constraints.Constraint):
+    """w ← w · (1 − e·(1 − m)) along ``axis``: zeroes pruned channels when enforcing (e = 1).
+
+    Args:
+        axis: axis of the weight that indexes channels.
+        inner: an existing constraint of the weight, applied first.
+    """
+
+    def __init__(self, axis: int = -1, inner: Callable | None = None) -> None:
+        self.axis = int(axis)
+        self.inner = keras.constraints.get(inner) if inner is not None else None
+        self._keep_mask = None
+        self._enforce = None
+
+    def bind(self, keep_mask: Any, enforce: Any) -> "ChannelMask":
+        """Attach the keep-mask (N,) and the 0/1 enforce scalar; returns self."""
+        self._keep_mask = keep_mask
+        self._enforce = enforce
+        return self
+
+    def __call__(self, w: Any) -> Any:
+        if self.inner is not None:
+            w = self.inner(w)
+        if self._keep_mask is None:
+            return w
+        mask = ops.cast(self._keep_mask, w.dtype)
+        enforce = ops.cast(self._enforce, w.dtype)
+        factor = 1.0 - enforce * (1.0 - mask)
+        shape = filters.channel_broadcast_shape(tuple(w.shape), self.axis)
+        return w * ops.reshape(factor, shape)
+
+    def get_config(self) -> dict:
+        inner = keras.constraints.serialize(self.inner) if self.inner is not None else None
+        return {"axis": self.axis, "inner": inner}

@@ -1,0 +1,266 @@
+"""prepare / get_masks / apply_masks / strip: the user-facing pruning workflow.
+
+    pmodel = keras_tpp.prepare(model, pruning_ratio=0.5, method="tpp")
+    pmodel.compile(...); pmodel.fit(..., callbacks=[keras_tpp.TPPCallback(...)])
+    keras_tpp.get_masks(pmodel)      # {layer name: bool array of kept output channels}
+    keras_tpp.apply_masks(pmodel)    # zero pruned filters, biases, BN γ/β now
+    plain = keras_tpp.strip(pmodel)  # plain Keras model, same shapes
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Union
+
+import keras
+import numpy as np
+
+from keras_tpp import cloning, importance, methods
+from keras_tpp.graph import ChannelGroup, DependencyGraph
+from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
+
+Ratio = Union[float, Mapping[str, float]]
+
+
+@dataclass
+class _GroupPlan:
+    """What prepare will do to one channel group."""
+
+    group: ChannelGroup
+    ratio: float
+    num_pruned: int
+    keep_mask: np.ndarray = field(default=None)  # (N,) bool
+
+
+def _producer_name(ref) -> str:
+    return ref.layer.name
+
+
+def _as_patterns(value: Union[str, Iterable[str], None], what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    patterns = list(value)
+    if not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{what} must be a name pattern or a list of them, got {value!r}.")
+    return patterns
+
+
+def _resolve_ratios(
+    graph: DependencyGraph,
+    pruning_ratio: Ratio,
+    layers: list[str] | None,
+    exclude: list[str] | None,
+) -> dict[int, float]:
+    """Map group id → ratio, validating every pattern before anything is built."""
+    producers = [(ref.layer.name, g) for g in graph.groups for ref in g.producers]
+    prunable = sorted({name for name, g in producers if g.prunable})
+
+    def match(pattern: str, what: str) -> list[tuple[str, ChannelGroup]]:
+        hits = [(n, g) for n, g in producers if fnmatch.fnmatchcase(n, pattern)]
+        usable = [(n, g) for n, g in hits if g.prunable]
+        if not usable:
+            if hits:
+                reasons = "; ".join(f"'{n}': {g.reason}" for n, g in hits[:5])
+                raise ValueError(
+                    f"{what} {pattern!r} matches only layers that cannot be pruned ({reasons}).")
+            raise ValueError(
+                f"{what} {pattern!r} matches no prunable layer. Prunable layers: "
+                f"{', '.join(prunable) if prunable else '(none)'}.")
+        return usable
+
+    if isinstance(pruning_ratio, Mapping):
+        if not pruning_ratio:
+            raise ValueError("pruning_ratio mapping is empty.")
+        chosen: dict[str, float] = {}
+        for pattern, ratio in pruning_ratio.items():
+            ratio = importance.check_ratio(ratio)
+            for name, _ in match(pattern, "pruning_ratio pattern"):
+                chosen.setdefault(name, ratio)  # the first matching pattern wins
+    else:
+        ratio = importance.check_ratio(pruning_ratio)
+        chosen = {name: ratio for name, g in producers if g.prunable}
+    if layers is not None:
+        selected = {name for pattern in layers for name, _ in match(pattern, "layers pattern")}
+        chosen = {n: r for n, r in chosen.items() if n in selected}
+    if exclude is not None:
+        for pattern in exclude:
+            chosen = {n: r for n, r in chosen.items() if not fnmatch.fnmatchcase(n, pattern)}
+
+    ratios: dict[int, float] = {}
+    for name, ratio in chosen.items():
+        group = graph.group_of(name)
+        previous = ratios.get(group.id)
+        if previous is not None and previous != ratio:
+            members = ", ".join(_producer_name(r) for r in group.producers)
+            raise ValueError(
+                f"Layers {members} share their output channels (residual sum or other "
+                f"coupling) and must be pruned with one ratio, got {previous} and {ratio}.")
+        ratios[group.id] = ratio
+    return ratios
+
+
+def _plan_groups(
+    graph: DependencyGraph, ratios: dict[int, float], spec: methods.MethodSpec, seed: int | None
+) -> list[_GroupPlan]:
+    plans = []
+    rng = np.random.default_rng(seed)
+    for group in graph.groups:
+        if group.id not in ratios:
+            continue
+        ratio = ratios[group.id]
+        count = importance.num_pruned(group.size, ratio)
+        if count == 0:
+            continue
+        plan = _GroupPlan(group, ratio, count)
+        if spec.selection == "l1":
+            scores = importance.group_l1_scores([r.layer for r in group.producers])
+            plan.keep_mask = importance.keep_mask(group.size, importance.smallest(scores, ratio))
+        elif spec.selection == "random":
+            pruned = importance.random_choice(group.size, ratio, seed=int(rng.integers(2**31)))
+            plan.keep_mask = importance.keep_mask(group.size, pruned)
+        else:  # deferred: the schedule picks the filters later
+            plan.keep_mask = np.ones(group.size, dtype=bool)
+        plans.append(plan)
+    return plans
+
+
+def prepare(
+    model: keras.Model,
+    pruning_ratio: Ratio = 0.5,
+    method: str = "tpp",
+    *,
+    layers: Union[str, Iterable[str], None] = None,
+    exclude: Union[str, Iterable[str], None] = None,
+    gram_coefficient: float = 1000.0,
+    seed: int | None = None,
+    on_unsupported: str = "raise",
+) -> keras.Model:
+    """Return a new model whose prunable layers carry masks and the method's penalties.
+
+    Args:
+        model: a built Functional or Sequential model (nested functional models allowed).
+            It is never modified.
+        pruning_ratio: fraction of output channels to remove, in [0, 1): one float for every
+            selected layer, or a mapping from layer-name patterns (fnmatch, e.g. "*_conv1")
+            to ratios; only layers matched by some pattern are then pruned.
+        method: one of :data:`keras_tpp.methods.METHODS` ("tpp", "greg1", "greg2", "l1",
+            "random").
+        layers: optional name patterns restricting which producers are pruned (default:
+            every prunable Conv/Dense; a layer whose channels reach a model output, such as
+            the classifier head, is never prunable).
+        exclude: optional name patterns of producers to leave alone.
+        gram_coefficient: c_gram of TPP's gram term (SPEC §1: 1000).
+        seed: seed of the "random" method's choice.
+        on_unsupported: "raise" (default) or "skip": what to do about layers whose effect on
+            channels is unknown (Lambda, custom layers): raise naming the layer, or leave the
+            affected channel groups unpruned with a warning.
+
+    Layers whose outputs meet in a residual sum or concatenation-free coupling share one
+    mask: the whole coupled group is pruned at the same channel indices, chosen by the
+    members' combined L1 scores.
+
+    Returns:
+        A new Functional model of the same architecture in which each pruned producer and the
+        batch norms that follow it are wrapped in :class:`PruningWrapper`, with the weights
+        of ``model`` copied. Variables are created in the active tf.distribute scope.
+    """
+    spec = methods.get_method(method)
+    cloning.check_functional(model, "keras_tpp.prepare")
+    if find_wrappers(model):
+        raise ValueError(
+            f"Model '{model.name}' is already prepared for pruning; call keras_tpp.strip() "
+            "first to prepare it again.")
+    if not isinstance(gram_coefficient, (int, float)) or gram_coefficient < 0:
+        raise ValueError(f"gram_coefficient must be a number >= 0, got {gram_coefficient!r}.")
+    if on_unsupported not in ("raise", "skip"):
+        raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
+    graph = DependencyGraph(model, on_unsupported=on_unsupported)
+    ratios = _resolve_ratios(
+        graph, pruning_ratio, _as_patterns(layers, "layers"), _as_patterns(exclude, "exclude"))
+    plans = _plan_groups(graph, ratios, spec, seed)
+
+    wrap: dict[int, tuple[_GroupPlan, bool]] = {}  # id(layer) -> (plan, is producer)
+    for plan in plans:
+        for ref in plan.group.producers:
+            wrap[id(ref.layer)] = (plan, True)
+        for ref in plan.group.followers:
+            if is_norm(ref.layer):
+                wrap[id(ref.layer)] = (plan, False)
+
+    def replace(layer: keras.layers.Layer):
+        entry = wrap.get(id(layer))
+        if entry is None:
+            return None
+        plan, producer = entry
+        return PruningWrapper(
+            cloning.fresh_copy(layer),
+            method=spec.name,
+            gram_coefficient=gram_coefficient if (producer and spec.gram) else 0.0,
+            l2_penalty=spec.l2 if producer else spec.norm_l2,
+            num_pruned=plan.num_pruned,
+            group=plan.group.name,
+        )
+
+    pmodel = cloning.clone_replacing(model, replace)
+    masks = {}
+    for plan in plans:
+        for ref in plan.group.producers:
+            masks[ref.layer.name] = plan.keep_mask
+        for ref in plan.group.followers:
+            if is_norm(ref.layer):
+                masks[ref.layer.name] = plan.keep_mask
+    for wrapper in find_wrappers(pmodel):
+        wrapper.keep_mask.assign(masks[wrapper.name].astype("float32"))
+    return pmodel
+
+
+def _require_prepared(model: keras.Model, what: str) -> list[PruningWrapper]:
+    wrappers = find_wrappers(model) if isinstance(model, keras.Model) else []
+    if not wrappers:
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(
+            f"{what} needs a model returned by keras_tpp.prepare(); model '{name}' has no "
+            "PruningWrapper layers.")
+    return wrappers
+
+
+def get_masks(model: keras.Model, include_norms: bool = False) -> dict[str, np.ndarray]:
+    """{producer layer name: bool array (N,), True = kept} of a prepared model.
+
+    With ``include_norms`` the wrapped batch norms are listed too.
+    """
+    return {
+        w.name: keras.ops.convert_to_numpy(w.keep_mask.value) > 0.5
+        for w in _require_prepared(model, "get_masks")
+        if include_norms or w.is_producer
+    }
+
+
+def apply_masks(model: keras.Model, enforce: bool = True) -> None:
+    """Zero the pruned filters, their biases and the following BN γ/β now.
+
+    With ``enforce`` (default) the pruned entries are also held at zero by the variables'
+    constraints during any further training.
+    """
+    for wrapper in _require_prepared(model, "apply_masks"):
+        wrapper.zero_pruned()
+        if enforce:
+            wrapper.enforce.assign(1.0)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """A plain Keras model with the same architecture and weights, without keras_tpp objects.
+
+    The pruned channels are still there (zero after :func:`apply_masks`); use
+    :func:`keras_tpp.shrink` to remove them physically.
+    """
+    _require_prepared(model, "strip")
+
+    def replace(layer: keras.layers.Layer):
+        if isinstance(layer, PruningWrapper):
+            return cloning.fresh_copy(layer.layer)
+        return None
+
+    return cloning.clone_replacing(model, replace)

@@ -1,0 +1,180 @@
+"""PruningWrapper: a Keras layer wrapper that carries a layer's pruning state.
+
+It wraps a producer (Conv*, Dense, SeparableConv*, Conv*Transpose) or a BatchNormalization
+that follows one, and owns four non-trainable variables, saved with the model:
+
+- ``keep_mask`` (N,) float32, 1 = kept, 0 = pruned;
+- ``strength`` λ, the penalty strength on pruned channels;
+- ``kept_strength`` λ_kept, an L2 strength on kept channels (GReg-2 uses a small negative one);
+- ``enforce`` 0/1: when 1, pruned channels are held at exactly zero after every step;
+- ``stopped_at``: iteration at which this layer's λ stopped growing (GReg), −1 while growing;
+- ``ratio_ema``: EMA of mean|w_kept| / mean|w_pruned| (GReg's stopping criterion).
+
+At build time it attaches TPP's penalties as regularizers (:mod:`keras_tpp.penalties`) and a
+:class:`~keras_tpp.constraints.ChannelMask` to the wrapped layer's variables, composed with
+any regularizer or constraint the layer already had. Its forward pass is the wrapped layer's,
+unchanged: training overhead is only the penalties' cost.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+
+from keras_tpp import filters
+from keras_tpp.constraints import ChannelMask
+from keras_tpp.penalties import GramPenalty, MaskedL2, RegularizerSum
+
+
+def is_norm(layer: keras.layers.Layer) -> bool:
+    """True for the normalization layers whose γ/β get TPP's batch-norm penalty."""
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def can_wrap(layer: keras.layers.Layer) -> bool:
+    """Whether PruningWrapper supports this layer."""
+    return filters.is_producer(layer) or is_norm(layer)
+
+
+@keras.saving.register_keras_serializable(package="keras_tpp")
+class PruningWrapper(keras.layers.Wrapper):
+    """Carries a layer's keep-mask and penalty strength; attaches the penalties.
+
+    Args:
+        layer: a producer layer or a BatchNormalization.
+        method: the pruning method the model was prepared for ("tpp", "greg1", ...).
+        gram_coefficient: c_gram of the gram term on the kernel; 0 disables it (producers).
+        l2_penalty: whether the masked L2 term is attached (kernel and bias of producers,
+            γ and β of batch norms).
+        num_pruned: how many channels the method removes (known before the mask for GReg-2).
+        group: name of the channel group this layer belongs to.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        method: str = "tpp",
+        gram_coefficient: float = 1000.0,
+        l2_penalty: bool = True,
+        num_pruned: int = 0,
+        group: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not can_wrap(layer):
+            raise ValueError(
+                f"PruningWrapper cannot wrap layer '{layer.name}' of type "
+                f"{type(layer).__name__}: only channel producers (Conv, Dense, SeparableConv, "
+                "ConvTranspose) and BatchNormalization are supported."
+            )
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.method = method
+        self.gram_coefficient = float(gram_coefficient)
+        self.l2_penalty = bool(l2_penalty)
+        self.num_pruned = int(num_pruned)
+        self.group = group or layer.name
+        self._layer_call_args = set(inspect.signature(layer.call).parameters)
+
+    @property
+    def is_producer(self) -> bool:
+        return filters.is_producer(self.layer)
+
+    @property
+    def num_channels(self) -> int:
+        if self.is_producer:
+            return filters.num_filters(self.layer)
+        return int(self.layer.moving_mean.shape[0])
+
+    def build(self, input_shape: Any = None) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        n = self.num_channels
+        self.keep_mask = self.add_weight(
+            name="keep_mask", shape=(n,), initializer="ones", trainable=False)
+        self.strength = self.add_weight(
+            name="strength", shape=(), initializer="zeros", trainable=False)
+        self.kept_strength = self.add_weight(
+            name="kept_strength", shape=(), initializer="zeros", trainable=False)
+        self.enforce = self.add_weight(
+            name="enforce", shape=(), initializer="zeros", trainable=False)
+        self.stopped_at = self.add_weight(
+            name="stopped_at", shape=(), initializer=keras.initializers.Constant(-1.0),
+            trainable=False)
+        self.ratio_ema = self.add_weight(
+            name="ratio_ema", shape=(), initializer="zeros", trainable=False)
+        self._attach_penalties()
+        self.built = True
+
+    def masked_variables(self) -> list[tuple[Any, int]]:
+        """(variable, channel axis) pairs whose pruned channels are zeroed by the mask."""
+        layer = self.layer
+        if self.is_producer:
+            pairs = [(filters.output_kernel(layer), filters.output_axis(layer))]
+            if getattr(layer, "use_bias", False) and layer.bias is not None:
+                pairs.append((layer.bias, -1))
+            return pairs
+        return [(v, -1) for v in (layer.gamma, layer.beta) if v is not None]
+
+    def _attach_penalties(self) -> None:
+        for index, (variable, axis) in enumerate(self.masked_variables()):
+            ours = []
+            if self.is_producer and index == 0 and self.gram_coefficient > 0:
+                ours.append(GramPenalty(self.gram_coefficient, axis).bind(
+                    self.keep_mask, self.strength))
+            if self.l2_penalty:
+                ours.append(MaskedL2(axis).bind(
+                    self.keep_mask, self.strength, self.kept_strength))
+            if ours:
+                existing = variable.regularizer
+                variable.regularizer = RegularizerSum(
+                    ([existing] if existing is not None else []) + ours)
+            variable.constraint = ChannelMask(axis, inner=variable.constraint).bind(
+                self.keep_mask, self.enforce)
+
+    def zero_pruned(self) -> None:
+        """Set the pruned channels of every masked variable to exactly zero, now."""
+        mask = keras.ops.convert_to_numpy(self.keep_mask.value).astype(bool)
+        for variable, axis in self.masked_variables():
+            value = keras.ops.convert_to_numpy(variable.value).copy()
+            index = [slice(None)] * value.ndim
+            index[axis % value.ndim] = ~mask
+            value[tuple(index)] = 0.0
+            variable.assign(value)
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        kwargs = {}
+        if "training" in self._layer_call_args:
+            kwargs["training"] = training
+        if mask is not None and "mask" in self._layer_call_args:
+            kwargs["mask"] = mask
+        return self.layer(inputs, **kwargs)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({
+            "method": self.method,
+            "gram_coefficient": self.gram_coefficient,
+            "l2_penalty": self.l2_penalty,
+            "num_pruned": self.num_pruned,
+            "group": self.group,
+        })
+        return config
+
+
+#: Names of the pruning-state variables every PruningWrapper owns.
+STATE_VARIABLES = ("keep_mask", "strength", "kept_strength", "enforce", "stopped_at", "ratio_ema")
+
+
+def find_wrappers(model: keras.Model) -> list[PruningWrapper]:
+    """Every PruningWrapper in ``model``, nested models included, in layer order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, PruningWrapper):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(find_wrappers(layer))
+    return found

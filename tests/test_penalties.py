@@ -1,0 +1,167 @@
+"""TPP's penalty values and gradients against an independent numpy statement of SPEC §1."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_tpp import penalties, filters
+from keras_tpp.constraints import ChannelMask
+from keras_tpp.penalty_schedule import PenaltySchedule, GROW, STABILIZE, PRUNED
+
+
+def np_filter_matrix(kernel, axis=-1):
+    moved = np.moveaxis(kernel, axis, 0)
+    return moved.reshape(moved.shape[0], -1)
+
+
+def np_gram(w, m):
+    n = w.shape[0]
+    g = w @ w.T
+    off = 1.0 - np.outer(m, m)
+    return ((g * off) ** 2).sum() / n**2
+
+
+def np_gram_grad(w, m):
+    # d/dW (1/N²) Σ (G∘M)² with G = WWᵀ, M symmetric binary: (4/N²) (G∘M) W.
+    n = w.shape[0]
+    g = w @ w.T
+    off = 1.0 - np.outer(m, m)
+    return 4.0 / n**2 * (g * off) @ w
+
+
+def np_masked_l2(x, m, lam, lam_kept=0.0, axis=-1):
+    per = (np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1) ** 2).sum(axis=1)
+    return 0.5 * (lam * per[m == 0].sum() + lam_kept * per[m == 1].sum())
+
+
+KERNELS = {
+    "conv2d": ((3, 3, 4, 8), -1),
+    "dense": ((6, 5), -1),
+    "conv2d_transpose": ((3, 3, 7, 4), -2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gram_penalty_value_and_gradient(name, seed):
+    shape, axis = KERNELS[name]
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(size=shape).astype("float64")
+    n = shape[axis]
+    mask = (rng.random(n) < 0.5).astype("float64")
+    mask[0] = 1.0
+    w = np_filter_matrix(kernel, axis)
+    strength = keras.Variable(0.37, dtype="float64", trainable=False)
+    keep = keras.Variable(mask, dtype="float64", trainable=False)
+    reg = penalties.GramPenalty(coefficient=1000.0, axis=axis).bind(keep, strength)
+    variable = tf.constant(kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(variable)
+        value = reg(variable)
+    grad = tape.gradient(value, variable).numpy()
+    np.testing.assert_allclose(float(value), 1000.0 * 0.37 * np_gram(w, mask), rtol=1e-10)
+    expected_grad = 1000.0 * 0.37 * np_gram_grad(w, mask)
+    np.testing.assert_allclose(np_filter_matrix(grad, axis), expected_grad, rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_gram_penalty_ignores_kept_kept_entries():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(6, 10))
+    mask = np.array([1, 1, 1, 0, 1, 0], dtype="float64")
+    base = float(penalties.gram_penalty(w, mask))
+    # Change only kept filters in the directions orthogonal to every pruned filter: the
+    # kept-pruned entries stay the same, kept-kept entries change, the value must not.
+    pruned = w[mask == 0]
+    q, _ = np.linalg.qr(pruned.T, mode="complete")
+    null = q[:, pruned.shape[0]:]
+    w2 = w.copy()
+    w2[mask == 1] += rng.normal(size=(4, null.shape[1])) @ null.T * 3.0
+    assert not np.allclose(w2 @ w2.T, w @ w.T)
+    np.testing.assert_allclose(float(penalties.gram_penalty(w2, mask)), base, rtol=1e-10)
+    # All kept: nothing to penalize at all.
+    assert float(penalties.gram_penalty(w, np.ones(6))) == 0.0
+    # One pruned filter: its whole row and column (including its diagonal) count.
+    m = np.ones(6)
+    m[2] = 0
+    g = w @ w.T
+    expected = (2 * (g[2] ** 2).sum() - g[2, 2] ** 2) / 36
+    np.testing.assert_allclose(float(penalties.gram_penalty(w, m)), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 3, 4, 8), -1), ((8,), -1), ((6, 5), -1),
+                                        ((3, 3, 7, 4), -2)])
+def test_masked_l2_value_and_gradient(shape, axis):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=shape)
+    n = shape[axis]
+    mask = (rng.random(n) < 0.5).astype("float64")
+    reg = penalties.MaskedL2(axis).bind(
+        keras.Variable(mask, dtype="float64"), keras.Variable(0.2, dtype="float64"),
+        keras.Variable(-1e-4, dtype="float64"))
+    variable = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(variable)
+        value = reg(variable)
+    grad = tape.gradient(value, variable).numpy()
+    np.testing.assert_allclose(float(value), np_masked_l2(x, mask, 0.2, -1e-4, axis),
+                               rtol=1e-10)
+    # Gradient is λ·x on pruned channels and λ_kept·x on kept ones (grad += λ·w in the paper).
+    factor = np.where(mask == 1, -1e-4, 0.2)
+    shape_b = filters.channel_broadcast_shape(shape, axis)
+    np.testing.assert_allclose(grad, x * factor.reshape(shape_b), rtol=1e-10)
+
+
+def test_unbound_regularizer_is_a_clear_error():
+    with pytest.raises(ValueError, match="not bound"):
+        penalties.GramPenalty()(np.ones((2, 3), "float32"))
+
+
+def test_regularizers_serialize():
+    for reg in (penalties.GramPenalty(12.0, -2), penalties.MaskedL2(-1)):
+        restored = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
+        assert type(restored) is type(reg) and restored.get_config() == reg.get_config()
+    total = penalties.RegularizerSum([keras.regularizers.L2(0.1), penalties.MaskedL2()])
+    restored = keras.regularizers.deserialize(keras.regularizers.serialize(total))
+    assert [type(r) for r in restored.regularizers] == [keras.regularizers.L2, penalties.MaskedL2]
+
+
+def test_channel_mask_constraint():
+    w = np.arange(24, dtype="float32").reshape(2, 3, 4) + 1
+    mask = keras.Variable(np.array([1, 0, 1, 0], "float32"))
+    enforce = keras.Variable(0.0)
+    c = ChannelMask(-1, inner=keras.constraints.NonNeg()).bind(mask, enforce)
+    np.testing.assert_array_equal(np.asarray(c(w)), w)
+    enforce.assign(1.0)
+    out = np.asarray(c(w))
+    np.testing.assert_array_equal(out[..., [0, 2]], w[..., [0, 2]])
+    assert (out[..., [1, 3]] == 0).all()
+    restored = keras.constraints.deserialize(keras.constraints.serialize(c))
+    assert isinstance(restored.inner, keras.constraints.NonNeg)
+
+
+def test_penalty_schedule_values():
+    s = PenaltySchedule(delta=1e-4, interval=10, ceiling=1.0, stabilize_steps=10_000)
+    assert s.ramp_end == 100_000 and s.end_step == 110_000
+    assert s.strength(0) == 0.0 and s.strength(9) == 0.0
+    assert s.strength(10) == pytest.approx(1e-4)
+    assert s.strength(12_345) == pytest.approx(1234e-4)
+    assert s.strength(99_999) == pytest.approx(0.9999)
+    assert s.strength(100_000) == 1.0 and s.strength(10**7) == 1.0
+    assert (s.phase(0), s.phase(99_999), s.phase(100_000), s.phase(109_999),
+            s.phase(110_000)) == (GROW, GROW, STABILIZE, STABILIZE, PRUNED)
+    by_length = PenaltySchedule(delta=None, interval=5, ceiling=0.5, ramp_steps=100,
+                                stabilize_steps=3)
+    assert by_length.ramp_end == 100 and by_length.end_step == 103
+    assert by_length.strength(99) == pytest.approx(0.475) and by_length.strength(100) == 0.5
+    assert PenaltySchedule.from_config(s.get_config()).get_config() == s.get_config()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"delta": 0.0}, {"delta": -1.0}, {"delta": 2.0}, {"interval": 0}, {"interval": 2.5},
+    {"ceiling": 0}, {"stabilize_steps": -1}, {"ramp_steps": 3}, {"start_step": -2},
+    {"ceiling": float("inf")},
+])
+def test_penalty_schedule_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        PenaltySchedule(**kwargs)
