@@ -8,7 +8,7 @@ The workflow::
     thin = keras_tpp.shrink(pmodel)      # a physically thinner plain Keras model
 
 TensorFlow-only helpers (tf.data pipelines, tf.distribute) live in ``keras_tpp.data`` and
-``keras_tpp.distribute`` and are not imported here.
+``keras_tpp.distribute`` and are imported on demand, not here.
 """
 from keras_tpp import (
     filters,
@@ -18,8 +18,10 @@ from keras_tpp import (
     methods,
     metrics,
     models,
-    orthp as _orthp_module,
     penalties,
+    profiling,
+    surgery,
+    workflow,
     wrappers,
 )
 from keras_tpp.callbacks import PruningCallback, TPPCallback
@@ -27,7 +29,9 @@ from keras_tpp.graph import DependencyGraph, UnsupportedModelError
 from keras_tpp.methods import METHODS
 from keras_tpp.orthp import orthp
 from keras_tpp.penalty_schedule import PenaltySchedule
-from keras_tpp.prepare import apply_masks, get_masks, prepare, strip
+from keras_tpp.profiling import compare, measure_latency, profile
+from keras_tpp.surgery import make_plan, prune, shrink, zero_channels
+from keras_tpp.workflow import apply_masks, get_masks, prepare, strip
 from keras_tpp.wrappers import PruningWrapper
 
 __version__ = "0.1.0"

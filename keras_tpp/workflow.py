@@ -250,6 +250,25 @@ def apply_masks(model: keras.Model, enforce: bool = True) -> None:
             wrapper.enforce.assign(1.0)
 
 
+def check_pruned_channels_zero(model: keras.Model) -> None:
+    """Raise ValueError unless every pruned filter, bias and BN γ/β of ``model`` is zero.
+
+    Removing channels that are not zero would change the network's outputs; the explicit
+    step that zeroes them is :func:`apply_masks` (or the end of the pruning schedule).
+    """
+    for wrapper in _require_prepared(model, "shrink"):
+        mask = keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
+        for variable, axis in wrapper.masked_variables():
+            value = keras.ops.convert_to_numpy(variable.value)
+            pruned = np.take(value, np.flatnonzero(~mask), axis=axis % value.ndim)
+            if np.any(pruned != 0):
+                raise ValueError(
+                    f"Layer '{wrapper.name}' still has non-zero pruned channels in "
+                    f"'{variable.name}': removing them would change the model's outputs. "
+                    "Call keras_tpp.apply_masks(model) first, or train until the pruning "
+                    "schedule's pruned phase.")
+
+
 def strip(model: keras.Model) -> keras.Model:
     """A plain Keras model with the same architecture and weights, without keras_tpp objects.
 

@@ -1,0 +1,657 @@
+"""tf.distribute strategies and a custom training loop that works under all of them.
+
+This is a TensorFlow-only edge of keras_tpp (the pruning core is backend-agnostic).
+
+- :func:`get_strategy` — ``"default"``, ``"one_device"``, ``"mirrored"``, ``"multi_worker"``
+  or ``"tpu"`` by name.
+- :class:`DistributedTrainer` — ``fit`` / ``evaluate`` for a compiled Keras 3 model. Keras 3's
+  ``model.fit`` does not work under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585);
+  this loop does, and it works under every other strategy too. Each step is a
+  ``strategy.run`` inside a ``tf.function`` over a distributed dataset:
+
+  * loss = ``tf.nn.compute_average_loss(per-example loss, global_batch_size=...)`` +
+    ``tf.nn.scale_regularization_loss(tf.add_n(model.losses))`` — so regularizers (the
+    library's pruning penalties) count once per global step, exactly like ``model.fit``;
+  * ``model.optimizer.apply_gradients`` — which all-reduces the gradients, applies variable
+    *constraints* (the library's masks) after the update and increments
+    ``optimizer.iterations`` once per global step;
+  * compiled metrics are evaluated statelessly per replica and summed across replicas, so
+    no distributed metric variable is ever read (the part that breaks ``fit``).
+
+  Keras callbacks are driven through ``keras.callbacks.CallbackList`` with the same hooks
+  and logs as ``model.fit`` (``loss``, metric names, ``val_*``), so CSVLogger, TensorBoard,
+  ModelCheckpoint, EarlyStopping, LR schedulers and keras_tpp's schedule callback work
+  unchanged. ``backup_dir`` gives BackupAndRestore-style fault tolerance that is
+  multi-worker aware.
+
+Conventions: datasets yield GLOBAL batches (see :mod:`keras_tpp.data.common`); the model
+and its optimizer must be created and compiled inside ``strategy.scope()``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import keras
+import tensorflow as tf
+
+STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def get_strategy(
+    name: str = "default",
+    *,
+    devices=None,
+    tpu: str | None = None,
+    communication: str = "auto",
+    cluster_resolver=None,
+) -> tf.distribute.Strategy:
+    """Returns the ``tf.distribute`` strategy called ``name``.
+
+    Args:
+      name: one of :data:`STRATEGY_NAMES`:
+
+        * ``"default"`` — the default (no-op) strategy: one device;
+        * ``"one_device"`` — ``OneDeviceStrategy(devices[0])`` (default: first GPU, else CPU);
+        * ``"mirrored"`` — ``MirroredStrategy(devices)``: synchronous data parallelism on
+          the local GPUs (or the given devices, e.g. two logical CPUs);
+        * ``"multi_worker"`` — ``MultiWorkerMirroredStrategy`` configured from
+          ``$TF_CONFIG`` (or ``cluster_resolver``). Create it at program start, before any
+          other TensorFlow op. Train with :class:`DistributedTrainer`, not ``model.fit``;
+        * ``"tpu"`` — ``TPUStrategy`` through ``TPUClusterResolver(tpu=tpu)``.
+      devices: device strings for ``"mirrored"`` / ``"one_device"``.
+      tpu: TPU name or grpc address (``None``/``""`` = the local or configured TPU).
+      communication: collective implementation for ``"multi_worker"``: ``"auto"``,
+        ``"ring"`` or ``"nccl"``.
+      cluster_resolver: optional cluster resolver for ``"multi_worker"``.
+
+    Strategies other than ``"default"`` are created once per process and configuration and
+    then reused: TensorFlow's collective runtime cannot tell two MirroredStrategy objects
+    over the same devices apart.
+
+    Raises:
+      ValueError: unknown ``name`` or ``communication``.
+      RuntimeError: ``"tpu"`` requested but no TPU can be reached.
+    """
+    name = str(name).lower().replace("-", "_")
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGY_NAMES}.")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if isinstance(devices, str):
+        devices = [devices]
+    key = (name, tuple(devices) if devices else None, tpu, communication,
+           id(cluster_resolver) if cluster_resolver is not None else None)
+    if key not in _STRATEGY_CACHE:
+        _STRATEGY_CACHE[key] = _create_strategy(name, devices, tpu, communication,
+                                                cluster_resolver)
+    return _STRATEGY_CACHE[key]
+
+
+# One strategy object per configuration and process: two MirroredStrategy objects over the
+# same devices allocate the same collective group/instance keys, and TensorFlow's collective
+# runtime then mixes up their ops ("Shape mismatch in the collective instance ..."); a
+# MultiWorkerMirroredStrategy or TPU system must be set up only once per process anyway.
+_STRATEGY_CACHE: dict = {}
+
+
+def _create_strategy(name, devices, tpu, communication, cluster_resolver):
+    if name == "one_device":
+        if devices:
+            device = devices[0]
+        else:
+            device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        implementations = {
+            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }
+        if communication not in implementations:
+            raise ValueError(f"communication must be one of {tuple(implementations)}, "
+                             f"got {communication!r}.")
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=implementations[communication])
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=cluster_resolver, communication_options=options)
+    # tpu
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise RuntimeError(
+            f"strategy 'tpu' requested but no TPU could be reached (tpu={tpu!r}): {e}") from e
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def worker_info(strategy: tf.distribute.Strategy | None = None) -> tuple[str | None, int, bool]:
+    """``(task_type, task_id, is_chief)`` of this process under ``strategy``.
+
+    Single-process strategies report ``(None, 0, True)``. In a multi-worker cluster the
+    chief is the ``"chief"`` task, or ``worker`` 0 when the cluster has no chief task.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None) if resolver is not None else None
+    task_id = getattr(resolver, "task_id", None) if resolver is not None else None
+    task_id = int(task_id or 0)
+    if task_type is None:
+        return None, task_id, True
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if task_type == "chief":
+        chief = True
+    elif task_type == "worker":
+        chief = "chief" not in cluster and task_id == 0
+    else:
+        chief = False
+    return task_type, task_id, chief
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process should write shared outputs (logs, checkpoints, reports)."""
+    return worker_info(strategy)[2]
+
+
+def scaled_learning_rate(base_lr: float, global_batch_size: int,
+                         base_batch_size: int) -> float:
+    """Linear scaling rule: ``base_lr · global_batch_size / base_batch_size``."""
+    return float(base_lr) * float(global_batch_size) / float(base_batch_size)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unpack(batch):
+    """``(x, y[, sample_weight])`` → ``(x, y, sample_weight or None)``."""
+    if isinstance(batch, (list, tuple)):
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
+    raise ValueError(
+        "DistributedTrainer needs datasets of (x, y) or (x, y, sample_weight) batches; got "
+        f"an element of type {type(batch).__name__}.")
+
+
+def _local_spec(spec):
+    """A per-replica TensorSpec structure from a (possibly PerReplica) element_spec."""
+    def one(s):
+        value_specs = getattr(s, "_value_specs", None)
+        return value_specs[0] if value_specs else s
+    return tf.nest.map_structure(one, spec)
+
+
+def _per_example_loss_fn(model):
+    """A function (y_true, y_pred) → per-example losses from the compiled ``model.loss``."""
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        loss = loss[0]
+    if loss is None:
+        raise ValueError("DistributedTrainer: compile the model with a loss "
+                         "(model.compile(optimizer=..., loss=..., metrics=...)).")
+    if isinstance(loss, (list, tuple, dict)):
+        raise NotImplementedError(
+            "DistributedTrainer supports single-output models with one loss; got "
+            f"{type(loss).__name__} of {len(loss)} losses.")
+    if not isinstance(loss, keras.losses.Loss):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        loss_obj = loss
+
+        def per_example(y_true, y_pred):
+            y_pred = tf.convert_to_tensor(y_pred)
+            return loss_obj.call(y_true, y_pred)
+    else:
+        per_example = loss
+
+    def fn(y_true, y_pred):
+        values = tf.convert_to_tensor(per_example(y_true, y_pred))
+        values = tf.cast(values, tf.float32) if values.dtype != tf.float64 else values
+        if values.shape.rank is not None and values.shape.rank > 1:
+            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+        return values
+
+    return fn
+
+
+def _pad_empty_batch(x, y, sample_weight, local_n):
+    """Replaces an empty replica batch by one all-zero example.
+
+    Returns ``(x, y, sample_weight, loss_weight, empty)``: ``loss_weight`` is 0 for the dummy
+    example (1 or the given weights otherwise) and ``empty`` says whether it was inserted.
+    """
+    empty = tf.equal(local_n, 0)
+
+    def pad(t):
+        t = tf.convert_to_tensor(t)
+        dummy_shape = tf.concat([[1], tf.shape(t)[1:]], axis=0)
+        return tf.cond(empty, lambda: tf.zeros(dummy_shape, t.dtype), lambda: t)
+
+    x, y = tf.nest.map_structure(pad, x), tf.nest.map_structure(pad, y)
+    keep = tf.cast(tf.logical_not(empty), tf.float32)
+    if sample_weight is None:
+        loss_weight = tf.fill([tf.shape(_first_leaf(x))[0]], keep)
+    else:
+        sample_weight = pad(sample_weight)
+        loss_weight = tf.cast(sample_weight, tf.float32) * keep
+    return x, y, sample_weight, loss_weight, empty
+
+
+def _first_leaf(structure):
+    return next(t for t in tf.nest.flatten(structure) if t is not None)
+
+
+def _is_distributed_dataset(data) -> bool:
+    return isinstance(data, (tf.distribute.DistributedDataset,))
+
+
+def _pythonify(logs):
+    out = {}
+    for key, value in logs.items():
+        if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "numpy"):
+            value = value.numpy()
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            pass
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class DistributedTrainer:
+    """``fit`` / ``evaluate`` for a compiled Keras 3 model under any tf.distribute strategy.
+
+    Usage (same callbacks and data as ``model.fit``)::
+
+        strategy = get_strategy("multi_worker")        # first thing in the program
+        train = cifar_pipeline("train", batch_size=GLOBAL_BATCH, training=True, ...)
+        with strategy.scope():
+            model = cifar_resnet(56)
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"])
+        trainer = DistributedTrainer(model, strategy)
+        history = trainer.fit(train, epochs=10, validation_data=test,
+                              callbacks=[...], backup_dir="runs/x/backup")
+
+    Args:
+      model: a built, compiled (single-output) Keras model created in ``strategy.scope()``.
+      strategy: the strategy; default = the one the model was created under.
+      checkpoint_objects: extra trackables (``{"name": obj}``, e.g. ``keras.Variable`` s of a
+        schedule) to save and restore with ``backup_dir``.
+    """
+
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy | None = None,
+                 *, checkpoint_objects: dict | None = None):
+        if getattr(model, "optimizer", None) is None:
+            raise ValueError("DistributedTrainer: call model.compile(optimizer=..., loss=..., "
+                             "metrics=...) inside strategy.scope() first.")
+        model_strategy = getattr(model, "distribute_strategy", None)
+        self.strategy = strategy or model_strategy or tf.distribute.get_strategy()
+        created_under = getattr(model, "_distribute_strategy", None)
+        if created_under is not None and created_under is not self.strategy:
+            raise ValueError("The model was created under a different strategy's scope than "
+                             "the one given to DistributedTrainer.")
+        if created_under is None and self.strategy.num_replicas_in_sync > 1:
+            raise ValueError("Create and compile the model inside strategy.scope() to train "
+                             f"it on {self.strategy.num_replicas_in_sync} replicas.")
+        self.model = model
+        self.checkpoint_objects = dict(checkpoint_objects or {})
+        self._loss_fn = _per_example_loss_fn(model)
+        self._train_function = None
+        self._test_function = None
+        self._checkpoint = None
+        self._epoch_var = None
+
+    # ----------------------------------------------------------------- building
+
+    @property
+    def _metrics(self):
+        return getattr(self.model, "_compile_metrics", None)
+
+    def _build(self, element_spec):
+        """Builds model, compiled metrics and optimizer from the data's element spec."""
+        model = self.model
+        spec = _local_spec(element_spec)
+        with self.strategy.scope():
+            metrics = self._metrics
+            need = (not model.built or (metrics is not None and not metrics.built))
+            if need:
+                symbolic_build = getattr(model, "_symbolic_build", None)
+                if symbolic_build is None:  # pragma: no cover - older/newer Keras
+                    raise RuntimeError("Build the model and its metrics before training.")
+                symbolic_build(data_batch=spec)
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+
+    def _metric_zeros(self):
+        metrics = self._metrics
+        if metrics is None:
+            return []
+        return [tf.zeros(v.shape, v.dtype) for v in metrics.variables]
+
+    def _metric_results(self, state):
+        metrics = self._metrics
+        if metrics is None or not metrics.variables:
+            return {}
+        result = metrics.stateless_result(list(state))
+        if not isinstance(result, dict):
+            result = {metrics.name: result}
+        flat = {}
+        for key, value in result.items():
+            if isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        return flat
+
+    def _step_values(self, batch, training: bool):
+        """Replica step: forward (+ backward); returns values to be summed over replicas."""
+        model = self.model
+        x, y, sample_weight = _unpack(batch)
+        ctx = tf.distribute.get_replica_context()
+        local_n = tf.shape(_first_leaf(x))[0]
+        global_n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_n, tf.float32))
+        global_n = tf.cast(tf.round(global_n), tf.int64)
+        loss_weight, empty = sample_weight, None
+        if not training:
+            # The last evaluation batch can leave a replica with no example, and Keras layers
+            # fail on empty batches: run one zero example instead and drop its contribution.
+            x, y, sample_weight, loss_weight, empty = _pad_empty_batch(
+                x, y, sample_weight, local_n)
+
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=training)
+            per_example = self._loss_fn(y, y_pred)
+            data_loss = tf.nn.compute_average_loss(
+                per_example, sample_weight=loss_weight, global_batch_size=global_n)
+            losses = model.losses
+            if losses:
+                reg = tf.add_n([tf.cast(l, data_loss.dtype) for l in losses])
+                reg_loss = tf.nn.scale_regularization_loss(reg)
+            else:
+                reg_loss = tf.zeros((), data_loss.dtype)
+            loss = data_loss + reg_loss
+            if training:
+                scaled = model.optimizer.scale_loss(loss)
+        if training:
+            variables = model.trainable_variables
+            grads = tape.gradient(scaled, variables)
+            model.optimizer.apply_gradients(zip(grads, variables))
+        metric_delta = []
+        metrics = self._metrics
+        if metrics is not None and metrics.variables:
+            metric_delta = metrics.stateless_update_state(
+                self._metric_zeros(), y, y_pred, sample_weight=sample_weight)
+            if empty is not None:  # metric states start at zero: zero the dummy's delta
+                metric_delta = [tf.where(empty, tf.zeros_like(d), d) for d in metric_delta]
+        # ``loss`` summed over replicas = the global batch's mean loss + regularization.
+        n = tf.cast(local_n, tf.float32)
+        return loss, n, list(metric_delta)
+
+    def _make_function(self, training: bool):
+        strategy = self.strategy
+
+        def function(batch, loss_state, metric_state):
+            loss, n, delta = strategy.run(self._step_values, args=(batch, training))
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            n = strategy.reduce(tf.distribute.ReduceOp.SUM, n, axis=None)
+            delta = [strategy.reduce(tf.distribute.ReduceOp.SUM, d, axis=None) for d in delta]
+            loss_state = (loss_state[0] + loss * n, loss_state[1] + n)
+            metric_state = [s + d for s, d in zip(metric_state, delta)]
+            logs = {"loss": tf.math.divide_no_nan(loss_state[0], loss_state[1])}
+            logs.update(self._metric_results(metric_state))
+            return loss_state, metric_state, logs
+
+        # Batches are fetched eagerly by the caller: a get_next that fails inside the
+        # function could still let unordered side effects (iterations += 1) run.
+        return tf.function(function, reduce_retracing=True)
+
+    def _distribute(self, data):
+        if data is None:
+            return None, None
+        if _is_distributed_dataset(data):
+            return data, data.element_spec
+        if isinstance(data, tf.data.Dataset):
+            return self.strategy.experimental_distribute_dataset(data), data.element_spec
+        if callable(data):
+            dist = self.strategy.distribute_datasets_from_function(data)
+            return dist, dist.element_spec
+        raise TypeError(
+            "DistributedTrainer takes a tf.data.Dataset of GLOBAL batches, a function "
+            "input_context -> per-replica dataset, or a distributed dataset; got "
+            f"{type(data).__name__}.")
+
+    @staticmethod
+    def _cardinality(data):
+        if isinstance(data, tf.data.Dataset):
+            n = int(data.cardinality())
+            return n if n >= 0 else None
+        return None
+
+    def _initial_state(self):
+        return (tf.constant(0.0), tf.constant(0.0)), self._metric_zeros()
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def _get_checkpoint(self):
+        if self._checkpoint is None:
+            with self.strategy.scope():
+                self._epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                              name="backup_epoch")
+            self._checkpoint = tf.train.Checkpoint(
+                model=self.model, optimizer=self.model.optimizer, epoch=self._epoch_var,
+                **self.checkpoint_objects)
+        return self._checkpoint
+
+    def _restore_backup(self, backup_dir):
+        """Restores the latest backup in ``backup_dir``; returns the epoch to start at."""
+        ckpt = self._get_checkpoint()
+        latest = tf.train.latest_checkpoint(backup_dir)
+        if latest is None:
+            return None
+        ckpt.restore(latest).assert_existing_objects_matched()
+        return int(self._epoch_var.numpy())
+
+    def _save_backup(self, backup_dir, epoch):
+        """All workers save (saving may need collectives); only the chief's copy is kept."""
+        ckpt = self._get_checkpoint()
+        self._epoch_var.assign(epoch)
+        task_type, task_id, chief = worker_info(self.strategy)
+        # Non-chief workers write to a private local temporary directory that is deleted
+        # right away (outside backup_dir, so the chief's clean-up can never race with it).
+        write_dir = backup_dir if chief else tempfile.mkdtemp(
+            prefix=f"keras_tpp_backup_{task_type}_{task_id}_")
+        manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=1)
+        manager.save(checkpoint_number=epoch)
+        if chief:
+            with open(os.path.join(backup_dir, "training_metadata.json"), "w") as f:
+                json.dump({"epoch": int(epoch),
+                           "iterations": int(self.model.optimizer.iterations.numpy())}, f)
+        else:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- public API
+
+    def fit(
+        self,
+        x,
+        *,
+        epochs: int = 1,
+        verbose="auto",
+        callbacks=None,
+        validation_data=None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_freq: int = 1,
+        backup_dir: str | None = None,
+        delete_backup: bool = True,
+    ) -> keras.callbacks.History:
+        """Trains like ``model.fit``; returns the ``keras.callbacks.History``.
+
+        Args:
+          x: ``tf.data.Dataset`` of GLOBAL ``(x, y[, sample_weight])`` batches (distributed
+            with ``strategy.experimental_distribute_dataset``), or a function
+            ``input_context -> dataset`` of per-replica batches (distributed with
+            ``strategy.distribute_datasets_from_function``), or a distributed dataset.
+            Every replica must get at least one example per training step (batch with
+            ``drop_remainder=True``, the default of keras_tpp's training pipelines);
+            evaluation handles empty replica batches.
+          epochs, initial_epoch, steps_per_epoch, validation_data, validation_steps,
+            validation_freq, callbacks, verbose: as in ``model.fit`` (``verbose="auto"``
+            shows a progress bar on the chief only). With
+            ``steps_per_epoch`` the iterator is kept across epochs and restarted whenever
+            the data runs out; without it an epoch is one pass over ``x``.
+          backup_dir: enables fault tolerance: after every epoch the model, optimizer
+            (incl. ``iterations``), epoch number and ``checkpoint_objects`` are saved there;
+            a run restarted with the same arguments resumes after the last completed epoch.
+            Multi-worker: every worker must see the same ``backup_dir`` (shared filesystem);
+            the chief writes it, the other workers save to local temporary directories that
+            are deleted at once (saving is collective, so every worker must take part).
+            Data iterators are not saved (as with ``BackupAndRestore``): a resumed epoch
+            starts a fresh pass over ``x``.
+          delete_backup: remove ``backup_dir`` when training completes normally.
+
+        A ``keras.callbacks.BackupAndRestore`` in ``callbacks`` also works for single-process
+        strategies (its restored epoch is honoured); use ``backup_dir`` for multi-worker.
+        """
+        model = self.model
+        if validation_freq < 1:
+            raise ValueError(f"validation_freq must be >= 1, got {validation_freq}.")
+        train_dist, spec = self._distribute(x)
+        val_dist, _ = self._distribute(validation_data)
+        self._build(spec)
+        if self._train_function is None:
+            self._train_function = self._make_function(training=True)
+
+        if backup_dir is not None:
+            os.makedirs(backup_dir, exist_ok=True)
+            restored = self._restore_backup(backup_dir)
+            if restored is not None:
+                initial_epoch = max(int(initial_epoch), restored)
+
+        steps = steps_per_epoch or self._cardinality(x)
+        if verbose == "auto":  # a progress bar on the chief only
+            verbose = 1 if is_chief(self.strategy) else 0
+        callback_list = callbacks
+        if not isinstance(callback_list, keras.callbacks.CallbackList):
+            callback_list = keras.callbacks.CallbackList(
+                callbacks, add_history=True, add_progbar=verbose != 0, model=model,
+                verbose=verbose, epochs=epochs, steps=steps)
+        history = next((c for c in callback_list.callbacks
+                        if isinstance(c, keras.callbacks.History)), None)
+
+        model.stop_training = False
+        callback_list.on_train_begin()
+        if any(isinstance(c, keras.callbacks.BackupAndRestore)
+               for c in callback_list.callbacks):
+            initial_epoch = max(initial_epoch, int(getattr(model, "_initial_epoch", None) or 0))
+
+        iterator = None
+        training_logs = None
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            loss_state, metric_state = self._initial_state()
+            if iterator is None or steps_per_epoch is None:
+                iterator, fresh = iter(train_dist), True
+            step = 0
+            while steps_per_epoch is None or step < steps_per_epoch:
+                try:
+                    batch = next(iterator)
+                except (StopIteration, tf.errors.OutOfRangeError):
+                    if steps_per_epoch is None:
+                        break
+                    if fresh:
+                        warnings.warn("The training data is empty; stopping training.")
+                        model.stop_training = True
+                        break
+                    iterator, fresh = iter(train_dist), True  # cycle the data
+                    continue
+                fresh = False
+                callback_list.on_train_batch_begin(step)
+                loss_state, metric_state, logs = self._train_function(
+                    batch, loss_state, metric_state)
+                callback_list.on_train_batch_end(step, logs)
+                step += 1
+                if model.stop_training:
+                    break
+            if step == 0:
+                warnings.warn(f"Epoch {epoch} ran no training step (empty data?).")
+            epoch_logs = _pythonify(logs) if step else {}
+            if val_dist is not None and (epoch + 1) % validation_freq == 0:
+                val_logs = self._evaluate(val_dist, validation_steps, callback_list)
+                epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            callback_list.on_epoch_end(epoch, epoch_logs)
+            training_logs = epoch_logs
+            if backup_dir is not None:
+                self._save_backup(backup_dir, epoch + 1)
+            if model.stop_training:
+                break
+
+        if epochs > 0:
+            with self.strategy.scope():
+                model.optimizer.finalize_variable_values(model.trainable_weights)
+        callback_list.on_train_end(logs=training_logs)
+        if backup_dir is not None and delete_backup and is_chief(self.strategy):
+            shutil.rmtree(backup_dir, ignore_errors=True)
+        return history if history is not None else getattr(model, "history", None)
+
+    def _evaluate(self, dist_data, steps, callback_list):
+        if self._test_function is None:
+            self._test_function = self._make_function(training=False)
+        callback_list.on_test_begin()
+        loss_state, metric_state = self._initial_state()
+        logs = {}
+        iterator = iter(dist_data)
+        step = 0
+        while steps is None or step < steps:
+            try:
+                batch = next(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                break
+            callback_list.on_test_batch_begin(step)
+            loss_state, metric_state, logs = self._test_function(
+                batch, loss_state, metric_state)
+            callback_list.on_test_batch_end(step, logs)
+            step += 1
+        logs = _pythonify(logs)
+        callback_list.on_test_end(logs)
+        return logs
+
+    def evaluate(self, x, *, steps: int | None = None, callbacks=None,
+                 verbose=0) -> dict:
+        """Evaluates like ``model.evaluate(..., return_dict=True)`` (works multi-worker).
+
+        ``x`` as in :meth:`fit`. Returns ``{"loss": ..., <metric>: ...}``; ``loss``
+        includes ``model.losses`` (regularization), as Keras does.
+        """
+        dist, spec = self._distribute(x)
+        self._build(spec)
+        callback_list = callbacks
+        if not isinstance(callback_list, keras.callbacks.CallbackList):
+            callback_list = keras.callbacks.CallbackList(
+                callbacks, add_progbar=verbose != 0, model=self.model, verbose=verbose,
+                epochs=1, steps=steps or self._cardinality(x))
+        return self._evaluate(dist, steps, callback_list)
+
+
+def train_loop(model: keras.Model, x, *, strategy=None, **fit_kwargs) -> keras.callbacks.History:
+    """Shorthand for ``DistributedTrainer(model, strategy).fit(x, **fit_kwargs)``."""
+    return DistributedTrainer(model, strategy).fit(x, **fit_kwargs)
