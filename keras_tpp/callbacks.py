@@ -19,7 +19,7 @@ from typing import Any
 import keras
 
 from keras_tpp import controllers
-from keras_tpp.penalty_schedule import PHASE_NAMES, PenaltySchedule
+from keras_tpp.penalty_schedule import PHASE_NAMES, PRUNED, PenaltySchedule
 from keras_tpp.wrappers import PruningWrapper, find_wrappers
 
 LAMBDA_KEY = "prune_lambda"
@@ -41,6 +41,8 @@ class PruningCallback(keras.callbacks.Callback):
             mean|w_kept| / mean|w_pruned| reaches ``stop_ratio`` (1000, momentum 0.9).
         pick_delta, pick_ceiling, kept_strength: GReg-2's picking phase (uniform λ grows by
             1e-5 per interval up to 1e-2) and its λ on kept filters while pushing (−1e-4).
+        stop_when_pruned: end training (``model.stop_training``) as soon as the pruned phase
+            is reached, e.g. to shrink the model and fine-tune it with a fresh optimizer.
         verbose: 1 prints a line whenever the phase changes.
 
     TPP grows λ by ``delta`` on all its penalties, holds it for ``stabilize_steps``, then
@@ -62,6 +64,7 @@ class PruningCallback(keras.callbacks.Callback):
         pick_delta: float = 1e-5,
         pick_ceiling: float = 1e-2,
         kept_strength: float = -1e-4,
+        stop_when_pruned: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__()
@@ -80,6 +83,7 @@ class PruningCallback(keras.callbacks.Callback):
             "pick_delta": float(pick_delta), "pick_ceiling": float(pick_ceiling),
             "kept_strength": float(kept_strength),
         }
+        self.stop_when_pruned = bool(stop_when_pruned)
         self.verbose = verbose
         self.controller: controllers.Controller | None = None
         self._step = -1
@@ -134,6 +138,8 @@ class PruningCallback(keras.callbacks.Callback):
             print(f"\n{type(self).__name__}: iteration {step}: phase "
                   f"'{PHASE_NAMES[phase]}' (lambda={strength:g})")
         self._lambda, self._phase = strength, phase
+        if phase == PRUNED and self.stop_when_pruned:
+            self.model.stop_training = True
 
     def _log(self, logs: dict | None) -> None:
         if logs is not None:
@@ -165,7 +171,8 @@ class PruningCallback(keras.callbacks.Callback):
                 wrapper.zero_pruned()
 
     def get_config(self) -> dict[str, Any]:
-        return {**self.schedule.get_config(), **self.greg_options, "verbose": self.verbose}
+        return {**self.schedule.get_config(), **self.greg_options,
+                "stop_when_pruned": self.stop_when_pruned, "verbose": self.verbose}
 
 
 class TPPCallback(PruningCallback):

@@ -194,3 +194,16 @@ def test_mirrored_strategy_matches_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for name, mask in keras_tpp.get_masks(mirrored).items():
         assert np.all(mirrored.get_layer(name).layer.kernel.numpy()[..., ~mask] == 0)
+
+
+def test_stop_when_pruned_ends_training_at_the_pruned_phase():
+    _, pmodel = _prepared()
+    _compile(pmodel)
+    x, y = _data(64)
+    cb = keras_tpp.TPPCallback(delta=0.25, interval=1, ceiling=1.0, stabilize_steps=2,
+                               stop_when_pruned=True)
+    history = pmodel.fit(x, y, batch_size=16, epochs=50, callbacks=[cb], verbose=0)
+    # Ramp ends at iteration 4, pruning starts at 6: training stops in epoch 2 (4 steps each).
+    assert len(history.history["loss"]) == 2
+    assert int(pmodel.optimizer.iterations.numpy()) == 6
+    assert history.history[PHASE_KEY][-1] == 2.0
