@@ -29,14 +29,6 @@ _VGG_CONFIGS = {
 }
 
 
-def _conv_bn(x, filters: int, strides: int, name: str, kernel_size: int = 3):
-    x = layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=f"{name}_conv",
-    )(x)
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
-
-
 def cifar_resnet(
     depth: int = 56,
     num_classes: int = 10,

@@ -144,3 +144,32 @@ def test_greg2_schedule_phases_follow_iterations():
     # 2 steps per epoch: pick for 4 iterations, push λ 0.02 → 1.0 in 2 increments, hold 2.
     assert history.history[PHASE_KEY] == [PICK, GROW, GROW, STABILIZE, PRUNED, PRUNED]
     assert history.history[LAMBDA_KEY][0] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("method", ["tpp", "greg1", "greg2", "l1", "random"])
+def test_every_method_shrinks_exactly(method):
+    model = models.cifar_resnet(depth=8)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial BN statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
+                               rng.normal(0, 0.2, n), rng.uniform(0.5, 1.5, n)])
+    # First convs of the blocks, and the coupled residual group of stage 2.
+    pmodel = keras_tpp.prepare(model, {"*_conv1": 0.5, "stage2_block1_proj": 0.25},
+                               method=method, seed=0)
+    if method == "greg2":  # picks happen during training: emulate the end of picking
+        for wrapper in find_wrappers(pmodel):
+            mask = np.ones(wrapper.num_channels, dtype="float32")
+            mask[: wrapper.num_pruned] = 0
+            wrapper.keep_mask.assign(mask)
+    keras_tpp.apply_masks(pmodel)
+    thin = keras_tpp.shrink(pmodel)
+    masks = keras_tpp.get_masks(pmodel)
+    for name, mask in masks.items():
+        assert thin.get_layer(name).kernel.shape[-1] == mask.sum()
+    x = rng.normal(size=(4, 32, 32, 3)).astype("float32")
+    expected = pmodel(x, training=False).numpy()
+    np.testing.assert_allclose(thin(x, training=False).numpy(), expected,
+                               atol=1e-5 * np.abs(expected).max())
+    assert keras_tpp.profile(thin)["params"] < keras_tpp.profile(model)["params"]
