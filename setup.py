@@ -17,6 +17,7 @@ setup(
         "tensorflow>=2.16,<2.22",
         "numpy>=1.26",
         "absl-py>=1.0",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "data": ["tensorflow-datasets>=4.9"],

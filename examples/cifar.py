@@ -93,10 +93,10 @@ def check_data_flags() -> None:
         if not FLAGS.data_dir:
             raise common.usage_error("data_dir", "--data_source folder needs --data_dir (an "
                                      "image folder with train/ and test/ or its .tar.gz)")
-        if not os.path.exists(FLAGS.data_dir):
-            raise common.usage_error("data_dir", f"{FLAGS.data_dir} does not exist; expected "
-                                     "an image folder with train/<class>/ and test/<class>/ "
-                                     "or its .tar.gz")
+        if not common.looks_like_image_folder(FLAGS.data_dir):
+            raise common.usage_error("data_dir", f"{FLAGS.data_dir} is not an image folder: "
+                                     "expected <data_dir>/train/<class>/<image> and "
+                                     "<data_dir>/test/<class>/<image>, or a .tar.gz of them")
     elif FLAGS.data_source == "tfds" and FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
         raise common.usage_error("data_dir", f"{FLAGS.data_dir} is not a directory; expected "
                                  "a tfds data dir holding the prepared dataset")

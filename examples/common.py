@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 STAGES = ("pretrain", "prune", "finetune", "all")
@@ -76,6 +76,8 @@ def run_main(main: Callable[[], None]) -> None:
     """``absl.app.run`` with one-line errors for bad flags and for :class:`UsageError`."""
 
     def _main(argv):
+        if not FLAGS["verbosity"].present:  # absl INFO lines (tfds) would drown the output
+            logging.set_verbosity(logging.WARNING)
         if len(argv) > 1:
             print(f"error: unexpected positional arguments {argv[1:]}; every option is a "
                   "--flag", file=sys.stderr)
@@ -280,6 +282,20 @@ def atomic_save_model(model, path: str) -> None:
             os.remove(tmp)
 
 
+def looks_like_image_folder(path: str) -> bool:
+    """A quick check before TensorFlow is imported: an archive file, or a directory (or its
+    only sub-directory) with train/ and test/ sub-directories. keras_tpp.data checks the rest."""
+    path = os.path.expanduser(path)
+    if os.path.isfile(path):
+        return path.endswith((".tar.gz", ".tgz", ".tar"))
+    if not os.path.isdir(path):
+        return False
+    subdirs = [e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    roots = [path] + (subdirs if len(subdirs) == 1 else [])
+    return any(os.path.isdir(os.path.join(r, "train")) and os.path.isdir(os.path.join(r, "test"))
+               for r in roots)
+
+
 def read_json(path: str) -> dict:
     try:
         with open(path) as f:
@@ -396,7 +412,9 @@ def schedule_epochs_needed(method: str, steps_per_epoch: int) -> int:
     steps = interval * math.ceil(FLAGS.ceiling / FLAGS.delta - 1e-6) + FLAGS.stabilize_steps
     if method == "greg2":
         steps += interval * math.ceil(FLAGS.pick_ceiling / FLAGS.pick_delta - 1e-6)
-    return max(1, math.ceil((steps + 2) / steps_per_epoch))
+    # + one epoch of margin: mixed-precision loss scaling skips a few steps at the start,
+    # and those do not count as optimizer iterations. Training stops at the pruned phase.
+    return max(1, math.ceil((steps + 2) / steps_per_epoch) + 1)
 
 
 def check_schedule_flags() -> None:
@@ -560,6 +578,8 @@ class StageRunner:
         backup = os.path.join(self.model_dir, "backup", stage)
         if self.chief and os.path.isdir(backup):
             shutil.rmtree(backup, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only if empty
+            os.rmdir(os.path.dirname(backup))
 
     def _result(self) -> dict:
         stages = self.summary.get("stages", {})
@@ -626,7 +646,8 @@ class StageRunner:
 
         self.data()
         dense = self.load("pretrain")
-        ratio, exclude = self.spec.prune_targets(parse_ratio(FLAGS.pruning_ratio))
+        ratio, exclude = self.spec.prune_targets(
+            parse_ratio(FLAGS.pruning_ratio) if FLAGS.pruning_ratio else None)
         with self.strategy.scope():
             with blame("pruning_ratio"):
                 pmodel = keras_tpp.prepare(dense, ratio, FLAGS.method, exclude=exclude,
@@ -646,6 +667,10 @@ class StageRunner:
             self.train(pmodel, "prune", epochs, [callback])
             iterations = int(pmodel.optimizer.iterations.numpy())
             if not callback.controller.enforced():
+                if not any((~m).any() for m in keras_tpp.get_masks(pmodel).values()):
+                    raise usage_error("prune_epochs", f"after {iterations} iterations "
+                                      f"{FLAGS.method} has not chosen its filters yet; "
+                                      "allow more epochs (0 = until pruned)")
                 print(f"[prune] warning: the schedule did not reach the pruned phase in "
                       f"{iterations} iterations (--prune_epochs={FLAGS.prune_epochs}); "
                       "applying the masks now", file=sys.stderr, flush=True)
@@ -761,4 +786,5 @@ def check_stage_inputs(model_dir: str) -> None:
                           "drop --ft_lr")
     check_schedule_flags()
     parse_int_list(FLAGS.latency_batch_sizes, "latency_batch_sizes")
-    parse_ratio(FLAGS.pruning_ratio)
+    if FLAGS.pruning_ratio is not None:
+        parse_ratio(FLAGS.pruning_ratio)

@@ -207,3 +207,25 @@ def test_stop_when_pruned_ends_training_at_the_pruned_phase():
     assert len(history.history["loss"]) == 2
     assert int(pmodel.optimizer.iterations.numpy()) == 6
     assert history.history[PHASE_KEY][-1] == 2.0
+
+
+def test_schedule_values_reach_tensorboard(tmp_path):
+    _, pmodel = _prepared()
+    _compile(pmodel)
+    x, y = _data(32)
+    cb = keras_tpp.TPPCallback(delta=0.1, interval=1, ceiling=1.0, stabilize_steps=0)
+    log_dir = os.path.join(tmp_path, "tb")
+    pmodel.fit(x, y, batch_size=16, epochs=2, verbose=0,
+               callbacks=[cb, keras.callbacks.TensorBoard(log_dir)])
+    values = {}
+    train_dir = os.path.join(log_dir, "train")
+    for name in os.listdir(train_dir):
+        for record in tf.data.TFRecordDataset(os.path.join(train_dir, name)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if not value.tag.startswith("epoch_"):
+                    continue  # e.g. the model graph
+                values.setdefault(value.tag, []).append(
+                    float(tf.make_ndarray(value.tensor)))
+    assert values["epoch_prune_lambda"] == pytest.approx([0.2, 0.4])
+    assert values["epoch_prune_phase"] == [0.0, 0.0]
