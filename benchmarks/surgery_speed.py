@@ -8,6 +8,7 @@ times the surgery itself (``shrink`` of the masked model, including the graph an
 
     python benchmarks/surgery_speed.py --runs 5 --out surgery_speed.json
     python benchmarks/surgery_speed.py --models resnet56 --batch-sizes 1,64
+    python benchmarks/surgery_speed.py --fold-bn   # also the BN-folded (deployment) forms
 
 Settings (SPEC §1):
 - resnet56@0.5, resnet56@0.9: cifar_resnet(56), first conv of every block ("*_conv1").
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from keras_tpp import models, profiling, surgery  # noqa: E402
+from keras_tpp import folding, models, profiling, surgery  # noqa: E402
 
 RESNET50_2_31X = {
     f"conv{stage}_*_{conv}_conv": ratio
@@ -89,6 +90,13 @@ def run(args: argparse.Namespace) -> dict:
         entry.update(profiling.compare(
             model, thin, batch_sizes=batch_sizes, warmup=args.warmup, runs=args.runs,
             print_table=False))
+        if args.fold_bn:
+            # Deployment form of both models: inference-mode BN folded into the convs.
+            entry["folded"] = profiling.compare(
+                folding.fold_batchnorm(model), folding.fold_batchnorm(thin),
+                batch_sizes=batch_sizes, warmup=args.warmup, runs=args.runs,
+                print_table=False)
+            entry["folded"]["name"] = name + " folded"
         if name == "resnet50@2.31x":
             entry["surgery"] = _time_surgery(model, ratios, repeats=3)
         results["settings"].append(entry)
@@ -99,10 +107,12 @@ def run(args: argparse.Namespace) -> dict:
             print(f"surgery: zero_channels {s['zero_channels_s']:.2f} s, "
                   f"shrink {s['shrink_s_median']:.2f} s (median of {len(s['shrink_s_all'])})")
     print("\nsummary (speed-up measured / theoretical MAC ratio)")
-    print(f"{'setting':<16}{'MAC ratio':>10}" + "".join(
+    print(f"{'setting':<22}{'MAC ratio':>10}" + "".join(
         f"{'b' + str(b) + ' speedup':>14}{'b' + str(b) + ' realized':>14}" for b in batch_sizes))
-    for entry in results["settings"]:
-        row = f"{entry['name']:<16}{entry['macs_ratio']:>9.2f}x"
+    rows = [(e["name"], e) for e in results["settings"]]
+    rows += [(e["name"] + " +fold", e["folded"]) for e in results["settings"] if "folded" in e]
+    for name, entry in rows:
+        row = f"{name:<22}{entry['macs_ratio']:>9.2f}x"
         for b in batch_sizes:
             lat = entry["latency"][b]
             row += f"{lat['speedup']:>13.2f}x{lat['speedup_vs_macs']:>14.2f}"
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--fold-bn", dest="fold_bn", action="store_true",
+                        help="also time both models with BN folded (keras_tpp.fold_batchnorm)")
     args = parser.parse_args(argv)
     results = run(args)
     if args.out:

@@ -25,6 +25,7 @@ from keras_tpp import (
     wrappers,
 )
 from keras_tpp.callbacks import PruningCallback, TPPCallback
+from keras_tpp.folding import fold_batchnorm
 from keras_tpp.graph import DependencyGraph, UnsupportedModelError
 from keras_tpp.methods import METHODS
 from keras_tpp.orthp import orthp

@@ -62,9 +62,11 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 def clone_replacing(
     model: keras.Model,
     replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
+    copy: bool = True,
 ) -> keras.Model:
     """Clone ``model`` (nested models too); ``replace(layer)`` may return a new layer to use
-    instead of a fresh copy. Weights are copied from ``model`` afterwards."""
+    instead of a fresh copy. With ``copy``, weights are copied from ``model`` afterwards
+    (:func:`copy_weights`)."""
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
         new = replace(layer)
@@ -82,7 +84,8 @@ def clone_replacing(
 
     clone = keras.models.clone_model(
         model, clone_function=clone_function, call_function=call_function, recursive=True)
-    copy_weights(model, clone)
+    if copy:
+        copy_weights(model, clone)
     return clone
 
 
