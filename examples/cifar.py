@@ -15,7 +15,7 @@ Examples::
         --data_dir /work/shared/data/cifar10-jpeg.tar.gz --model_dir runs/r56_tpp
     # VGG-19 on CIFAR-100 with GReg-1, per-layer ratios:
     python examples/cifar.py --model vgg19 --dataset cifar100 --method greg1 \
-        --pruning_ratio "conv1[0-2]:0.7,conv*:0.5"
+        --pruning_ratio "conv1[0-6]:0.7,conv[2-9]:0.5"
 """
 from __future__ import annotations
 
@@ -51,12 +51,14 @@ common.define_training_flags({
     "epochs": 200,
     "epochs_help": "Pretraining epochs (SPEC §2: 200; LR ×0.1 at 50% and 75%).",
     "batch_size": None,  # 128 for ResNets, 256 for VGG-19 (SPEC §1/§2)
+    "batch_size_help": "; default 128 for ResNets, 256 for VGG-19 (SPEC)",
     "lr": 0.1,
     "weight_decay": 5e-4,
     "interval": 10,
     "stabilize_steps": 10_000,
     "ft_epochs": 120,
 })
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 

@@ -159,11 +159,13 @@ def define_training_flags(defaults: dict) -> None:
     # pretraining
     flags.DEFINE_integer("epochs", d["epochs"], d["epochs_help"], lower_bound=1)
     flags.DEFINE_integer("batch_size", d["batch_size"],
-                         "GLOBAL batch size (all replicas of all workers).", lower_bound=1)
+                         "GLOBAL batch size (all replicas of all workers)"
+                         + d.get("batch_size_help", "") + ".", lower_bound=1)
     flags.DEFINE_float("lr", d["lr"], "Pretraining peak learning rate (SGD, momentum 0.9).",
                        lower_bound=0)
     flags.DEFINE_float("weight_decay", d["weight_decay"],
-                       "Weight decay of every stage's SGD (Keras' decoupled weight_decay).",
+                       "Weight decay of every stage, as in the papers: gradient += wd·w on every "
+                       "trainable weight (a coupled L2, not Keras' decoupled weight_decay).",
                        lower_bound=0)
     # prune stage
     flags.DEFINE_float("prune_lr", 1e-3, "Prune-stage learning rate (SPEC: 1e-3).",
@@ -388,16 +390,36 @@ def setup_tensorflow(strategy_name: str = "default", num_cpu_devices: int = 1):
     return get_strategy(strategy_name, devices=devices)
 
 
-def sgd(learning_rate, weight_decay: float):
+def add_coupled_weight_decay(model, weight_decay: float) -> None:
+    """The papers' (PyTorch's) weight decay: gradient += wd·w on every trainable weight.
+
+    Keras' ``SGD(weight_decay=...)`` is decoupled (it bypasses momentum, ~10× weaker at
+    momentum 0.9), so the recipes' decay is attached as an L2 regularizer wd/2·‖w‖² to each
+    trainable variable instead, composed with any regularizer already there (the pruning
+    penalties). It lives on the variables, not in the saved config: every stage adds it again.
+    """
     import keras
 
-    return keras.optimizers.SGD(learning_rate, momentum=0.9,
-                                weight_decay=weight_decay or None)
+    from keras_tpp.penalties import RegularizerSum
+
+    if not weight_decay:
+        return
+    decay = keras.regularizers.L2(weight_decay / 2)
+    for variable in model.trainable_variables:
+        existing = variable.regularizer
+        variable.regularizer = decay if existing is None else RegularizerSum([existing, decay])
 
 
-def compile_classifier(model, optimizer) -> None:
+def sgd(learning_rate):
     import keras
 
+    return keras.optimizers.SGD(learning_rate, momentum=0.9)
+
+
+def compile_classifier(model, optimizer, weight_decay: float = 0.0) -> None:
+    import keras
+
+    add_coupled_weight_decay(model, weight_decay)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -412,9 +434,13 @@ def schedule_epochs_needed(method: str, steps_per_epoch: int) -> int:
     steps = interval * math.ceil(FLAGS.ceiling / FLAGS.delta - 1e-6) + FLAGS.stabilize_steps
     if method == "greg2":
         steps += interval * math.ceil(FLAGS.pick_ceiling / FLAGS.pick_delta - 1e-6)
-    # + one epoch of margin: mixed-precision loss scaling skips a few steps at the start,
-    # and those do not count as optimizer iterations. Training stops at the pruned phase.
-    return max(1, math.ceil((steps + 2) / steps_per_epoch) + 1)
+    # Margin: under mixed precision, dynamic loss scaling skips steps with non-finite
+    # gradients (at least a few at the start), and those are not optimizer iterations.
+    # Training stops at the pruned phase anyway.
+    import keras
+
+    margin = 64 if keras.mixed_precision.global_policy().name.startswith("mixed") else 0
+    return max(1, math.ceil((steps + 2 + margin) / steps_per_epoch) + 1)
 
 
 def check_schedule_flags() -> None:
@@ -444,6 +470,17 @@ def cardinality(ds) -> int | None:
 
 
 # ------------------------------------------------------------------------------- stages
+
+
+# Flags that do not change what a stage computes, and flags only the prune / finetune
+# stage uses (for --stage all --resume: changing --ft_lr redoes the fine-tuning only).
+_NOT_RESULT_FLAGS = {"stage", "verbose", "dump_state", "latency_runs", "latency_batch_sizes",
+                     "resume", "model_dir", "strategy", "num_cpu_devices", "distributed_loop",
+                     "validation_freq"}
+_PRUNE_FLAGS = {"method", "pruning_ratio", "preset", "prune_lr", "delta", "interval",
+                "ceiling", "stabilize_steps", "stop_ratio", "pick_delta", "pick_ceiling",
+                "kept_strength", "prune_epochs"}
+_FINETUNE_FLAGS = {"ft_schedule", "ft_lr", "ft_epochs"}
 
 
 @dataclass
@@ -485,8 +522,12 @@ class StageRunner:
         return os.path.join(self.model_dir, STAGE_FILES[stage])
 
     def _fingerprint(self, stage: str) -> dict:
-        ignore = {"stage", "verbose", "dump_state", "latency_runs", "latency_batch_sizes",
-                  "resume", "model_dir", "strategy", "num_cpu_devices", "distributed_loop"}
+        """The flags a stage's output depends on (a later stage's flags do not count)."""
+        ignore = set(_NOT_RESULT_FLAGS)
+        if stage != "finetune":
+            ignore |= _FINETUNE_FLAGS
+        if stage == "pretrain":
+            ignore |= _PRUNE_FLAGS
         return {k: v for k, v in flag_values().items() if k not in ignore}
 
     def completed(self, stage: str) -> bool:
@@ -569,7 +610,11 @@ class StageRunner:
     def record(self, stage: str, entry: dict) -> None:
         entry = dict(entry, fingerprint=self._fingerprint(stage),
                      finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-        self.summary.setdefault("stages", {})[stage] = entry
+        stages = self.summary.setdefault("stages", {})
+        order = ["pretrain", "prune", "finetune"]
+        for later in order[order.index(stage) + 1:]:
+            stages.pop(later, None)  # built from an older output of this stage: stale
+        stages[stage] = entry
         self.summary["script"] = self.spec.name
         self.summary["flags"] = flag_values()
         self.summary["data"] = self.spec.info
@@ -629,7 +674,7 @@ class StageRunner:
             schedule = lr_schedules.StepDecay(
                 FLAGS.lr, [f * FLAGS.epochs for f in self.spec.pretrain_boundaries], 0.1,
                 self.steps_per_epoch)
-            compile_classifier(model, sgd(schedule, FLAGS.weight_decay))
+            compile_classifier(model, sgd(schedule), FLAGS.weight_decay)
         self.train(model, "pretrain", FLAGS.epochs, [])
         accuracy = self.evaluate(model)
         self.save(model, "pretrain")
@@ -652,7 +697,7 @@ class StageRunner:
             with blame("pruning_ratio"):
                 pmodel = keras_tpp.prepare(dense, ratio, FLAGS.method, exclude=exclude,
                                            seed=FLAGS.seed)
-            compile_classifier(pmodel, sgd(FLAGS.prune_lr, FLAGS.weight_decay))
+            compile_classifier(pmodel, sgd(FLAGS.prune_lr), FLAGS.weight_decay)
         masks = keras_tpp.get_masks(pmodel)
         names = list(masks)
         print(f"[prune] {FLAGS.method}: {len(names)} pruned layers: {', '.join(names[:6])}"
@@ -734,7 +779,7 @@ class StageRunner:
         thin = self.load("prune")
         with self.strategy.scope():
             schedule = self.finetune_schedule()
-            compile_classifier(thin, sgd(schedule, FLAGS.weight_decay))
+            compile_classifier(thin, sgd(schedule), FLAGS.weight_decay)
         self.train(thin, "finetune", FLAGS.ft_epochs, [])
         accuracy = self.evaluate(thin)
         self.save(thin, "finetune")

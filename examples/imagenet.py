@@ -66,6 +66,7 @@ common.define_training_flags({
     "stabilize_steps": 40_000,
     "ft_epochs": 90,
 })
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags
 
 
 def build_model():

@@ -68,6 +68,8 @@ flags.DEFINE_float("ceiling", 1.0, "TPP: τ.", lower_bound=0)
 flags.DEFINE_integer("stabilize_steps", 10_000, "TPP: K_s.", lower_bound=0)
 flags.DEFINE_integer("jsv_examples", 500, "Test images for the Jacobian singular values.",
                      lower_bound=1)
+flags.DEFINE_integer("latency_runs", 20, "Timed runs per latency measurement (0 = skip).",
+                     lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("verbose", 2, "Keras verbosity.", lower_bound=0, upper_bound=2)
 
@@ -181,9 +183,16 @@ def main() -> None:
 
     def accuracy(model):
         if model.optimizer is None:
-            common.compile_classifier(model, common.sgd(0.0, 0.0))
+            common.compile_classifier(model, common.sgd(0.0))
         return float(model.evaluate(x_test, y_test, verbose=0, batch_size=1000,
                                     return_dict=True)["accuracy"])
+
+    def cost(model):
+        out = {k: v for k, v in keras_tpp.profile(model).items() if k in ("params", "macs")}
+        if FLAGS.latency_runs:
+            out["latency_ms"] = {str(b): keras_tpp.measure_latency(
+                model, b, runs=FLAGS.latency_runs)["median_ms"] for b in (1, 64)}
+        return out
 
     def jsv(model):
         stats = jacobian_singular_values(model, x_jsv)
@@ -193,7 +202,7 @@ def main() -> None:
           flush=True)
     dense = keras_tpp.models.mlp_linear()
     common.compile_classifier(dense, common.sgd(lr_schedules.StepDecay(
-        FLAGS.lr, [0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs], 0.1, steps_per_epoch), 0.0))
+        FLAGS.lr, [0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs], 0.1, steps_per_epoch)))
     fit(dense, FLAGS.epochs, "pretrain")
     dense_acc = accuracy(dense)
     dense_jsv = jsv(dense)
@@ -210,7 +219,7 @@ def main() -> None:
     tpp_iterations = None
     if "tpp" in methods:
         pmodel = keras_tpp.prepare(dense, ratio, method="tpp")
-        common.compile_classifier(pmodel, common.sgd(FLAGS.prune_lr, 0.0))
+        common.compile_classifier(pmodel, common.sgd(FLAGS.prune_lr))
         callback = keras_tpp.PruningCallback(
             delta=FLAGS.delta, interval=FLAGS.interval, ceiling=FLAGS.ceiling,
             stabilize_steps=FLAGS.stabilize_steps, stop_when_pruned=True, verbose=1)
@@ -226,7 +235,7 @@ def main() -> None:
 
     results = {}
     for name, model in thin.items():
-        results[name] = {"params": int(model.count_params()), "jsv": jsv(model),
+        results[name] = {**cost(model), "jsv": jsv(model),
                          "accuracy_after_pruning": accuracy(model), "retrained": {}}
         print(f"{name}: right after pruning: accuracy "
               f"{results[name]['accuracy_after_pruning']:.4f}, mean JSV "
@@ -236,7 +245,7 @@ def main() -> None:
                   flush=True)
             retrained = keras.models.clone_model(model)
             retrained.set_weights(model.get_weights())
-            common.compile_classifier(retrained, common.sgd(rate, 0.0))
+            common.compile_classifier(retrained, common.sgd(rate))
             fit(retrained, FLAGS.retrain_epochs, f"{name}_lr{rate:g}")
             results[name]["retrained"][f"{rate:g}"] = accuracy(retrained)
 
@@ -257,8 +266,7 @@ def main() -> None:
     figure = os.path.join(model_dir, "mnist_mlp.png")
     plot(results, rates, figure)
     summary = {
-        "dense": {"accuracy": dense_acc, "params": int(dense.count_params()),
-                  "jsv": dense_jsv},
+        "dense": {"accuracy": dense_acc, **cost(dense), "jsv": dense_jsv},
         "methods": results, "tpp_prune_iterations": tpp_iterations,
         "published": {m: PUBLISHED[m] for m in results},
         "data": {"source": FLAGS.data_source, "train_examples": int(len(x_train)),

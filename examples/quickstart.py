@@ -86,13 +86,13 @@ def main() -> None:
           f"{FLAGS.train_examples} synthetic images", flush=True)
     dense = keras_tpp.models.small_cnn()
     common.compile_classifier(dense, common.sgd(lr_schedules.StepDecay(
-        FLAGS.lr, [0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs], 0.1, steps_per_epoch), 5e-4))
+        FLAGS.lr, [0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs], 0.1, steps_per_epoch)), 5e-4)
     fit(dense, FLAGS.epochs, "pretrain")
     dense_acc = accuracy(dense)
 
     # 2. TPP: grow the penalties on the filters to remove, hold, then zero them.
     pmodel = keras_tpp.prepare(dense, pruning_ratio=FLAGS.pruning_ratio, method="tpp")
-    common.compile_classifier(pmodel, common.sgd(FLAGS.prune_lr, 5e-4))
+    common.compile_classifier(pmodel, common.sgd(FLAGS.prune_lr), 5e-4)
     tpp = keras_tpp.TPPCallback(ramp_steps=FLAGS.ramp_steps, interval=FLAGS.interval,
                                 ceiling=1.0, stabilize_steps=FLAGS.stabilize_steps,
                                 stop_when_pruned=True)
@@ -112,7 +112,7 @@ def main() -> None:
     print(f"== 4/4 fine-tune the thin model: {FLAGS.finetune_epochs} epochs", flush=True)
     common.compile_classifier(thin, common.sgd(lr_schedules.StepDecay(
         FLAGS.finetune_lr, [0.5 * FLAGS.finetune_epochs, 0.75 * FLAGS.finetune_epochs], 0.1,
-        steps_per_epoch), 5e-4))
+        steps_per_epoch)), 5e-4)
     fit(thin, FLAGS.finetune_epochs, "finetune")
     thin_acc = accuracy(thin)
 
