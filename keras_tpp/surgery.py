@@ -23,14 +23,13 @@ The user's model is never modified; every check runs before anything is built.
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import keras
 import numpy as np
 
-from keras_tpp import filters, importance
+from keras_tpp import filters, selection
 from keras_tpp.graph import (
     ChannelGroup,
     DependencyGraph,
@@ -706,59 +705,17 @@ def make_plan(
     methods = ("l1", "random")
     if method not in methods:
         raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(methods)}.")
-    if isinstance(pruning_ratio, Mapping):
-        ratios = {str(k): importance.check_ratio(v) for k, v in pruning_ratio.items()}
-    else:
-        ratios = {"*": importance.check_ratio(pruning_ratio)}
-    patterns = None if layers is None else [str(p) for p in ([layers] if isinstance(
-        layers, str) else layers)]
     graph = graph or DependencyGraph(model)
+    ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers)
     rng = np.random.default_rng(seed)
-
-    def matches(group: ChannelGroup, pattern: str) -> bool:
-        return any(fnmatch.fnmatchcase(p.name, pattern) or fnmatch.fnmatchcase(p.path_str, pattern)
-                   for p in group.producers)
-
-    used: set[str] = set()
     plan: dict[str, np.ndarray] = {}
     for group in graph.groups:
-        if patterns is not None:
-            hit = [p for p in patterns if matches(group, p)]
-            if not hit:
-                continue
-            if group.prunable:
-                used.update(hit)
-        ratio = next((r for pat, r in ratios.items() if matches(group, pat)), None)
-        if ratio is None or not group.prunable:
+        if group.id not in ratios:
             continue
-        used.update(pat for pat in ratios if matches(group, pat))
-        count = importance.num_pruned(group.size, ratio)
-        if round_to:
-            kept = min(group.size, -(-(group.size - count) // round_to) * round_to)
-            count = group.size - kept
-        if method == "l1":
-            scores = importance.group_l1_scores([p.layer for p in group.producers])
-            indices = np.sort(np.argsort(scores, kind="stable")[:count])
-        else:
-            group_seed = int(rng.integers(2**31 - 1))
-            indices = importance.random_choice(group.size, ratio, seed=group_seed)
-            if round_to:
-                indices = np.sort(np.random.default_rng(group_seed).choice(
-                    group.size, size=count, replace=False))
+        indices = selection.pruned_indices(group, ratios[group.id], method,
+                                           seed=int(rng.integers(2**31 - 1)), round_to=round_to)
         if len(indices):
-            plan[group.producers[0].path_str] = np.asarray(indices, dtype=np.int64)
-    wanted = list(patterns or []) + [p for p in ratios if p != "*"]
-    unused = [p for p in wanted if p not in used]
-    if unused:
-        hints = []
-        for pat in unused:
-            blocked = [g for g in graph.groups if matches(g, pat) and not g.prunable]
-            if blocked:
-                hints.append(f"'{pat}' only matches unprunable layers ('{blocked[0].name}' "
-                             f"{blocked[0].reason})")
-            else:
-                hints.append(f"'{pat}' matches no producer layer")
-        raise ValueError("Pruning patterns select nothing: " + "; ".join(hints) + ".")
+            plan[group.producers[0].path_str] = indices
     return plan
 
 

@@ -8,18 +8,15 @@
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Union
 
 import keras
 import numpy as np
 
-from keras_tpp import cloning, importance, methods
+from keras_tpp import cloning, importance, methods, selection
 from keras_tpp.graph import ChannelGroup, DependencyGraph
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
-Ratio = Union[float, Mapping[str, float]]
 
 
 @dataclass
@@ -30,75 +27,6 @@ class _GroupPlan:
     ratio: float
     num_pruned: int
     keep_mask: np.ndarray = field(default=None)  # (N,) bool
-
-
-def _producer_name(ref) -> str:
-    return ref.layer.name
-
-
-def _as_patterns(value: Union[str, Iterable[str], None], what: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    patterns = list(value)
-    if not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"{what} must be a name pattern or a list of them, got {value!r}.")
-    return patterns
-
-
-def _resolve_ratios(
-    graph: DependencyGraph,
-    pruning_ratio: Ratio,
-    layers: list[str] | None,
-    exclude: list[str] | None,
-) -> dict[int, float]:
-    """Map group id → ratio, validating every pattern before anything is built."""
-    producers = [(ref.layer.name, g) for g in graph.groups for ref in g.producers]
-    prunable = sorted({name for name, g in producers if g.prunable})
-
-    def match(pattern: str, what: str) -> list[tuple[str, ChannelGroup]]:
-        hits = [(n, g) for n, g in producers if fnmatch.fnmatchcase(n, pattern)]
-        usable = [(n, g) for n, g in hits if g.prunable]
-        if not usable:
-            if hits:
-                reasons = "; ".join(f"'{n}': {g.reason}" for n, g in hits[:5])
-                raise ValueError(
-                    f"{what} {pattern!r} matches only layers that cannot be pruned ({reasons}).")
-            raise ValueError(
-                f"{what} {pattern!r} matches no prunable layer. Prunable layers: "
-                f"{', '.join(prunable) if prunable else '(none)'}.")
-        return usable
-
-    if isinstance(pruning_ratio, Mapping):
-        if not pruning_ratio:
-            raise ValueError("pruning_ratio mapping is empty.")
-        chosen: dict[str, float] = {}
-        for pattern, ratio in pruning_ratio.items():
-            ratio = importance.check_ratio(ratio)
-            for name, _ in match(pattern, "pruning_ratio pattern"):
-                chosen.setdefault(name, ratio)  # the first matching pattern wins
-    else:
-        ratio = importance.check_ratio(pruning_ratio)
-        chosen = {name: ratio for name, g in producers if g.prunable}
-    if layers is not None:
-        selected = {name for pattern in layers for name, _ in match(pattern, "layers pattern")}
-        chosen = {n: r for n, r in chosen.items() if n in selected}
-    if exclude is not None:
-        for pattern in exclude:
-            chosen = {n: r for n, r in chosen.items() if not fnmatch.fnmatchcase(n, pattern)}
-
-    ratios: dict[int, float] = {}
-    for name, ratio in chosen.items():
-        group = graph.group_of(name)
-        previous = ratios.get(group.id)
-        if previous is not None and previous != ratio:
-            members = ", ".join(_producer_name(r) for r in group.producers)
-            raise ValueError(
-                f"Layers {members} share their output channels (residual sum or other "
-                f"coupling) and must be pruned with one ratio, got {previous} and {ratio}.")
-        ratios[group.id] = ratio
-    return ratios
 
 
 def _plan_groups(
@@ -114,25 +42,23 @@ def _plan_groups(
         if count == 0:
             continue
         plan = _GroupPlan(group, ratio, count)
-        if spec.selection == "l1":
-            scores = importance.group_l1_scores([r.layer for r in group.producers])
-            plan.keep_mask = importance.keep_mask(group.size, importance.smallest(scores, ratio))
-        elif spec.selection == "random":
-            pruned = importance.random_choice(group.size, ratio, seed=int(rng.integers(2**31)))
-            plan.keep_mask = importance.keep_mask(group.size, pruned)
-        else:  # deferred: the schedule picks the filters later
+        if spec.selection == "deferred":  # the schedule picks the filters later (GReg-2)
             plan.keep_mask = np.ones(group.size, dtype=bool)
+        else:
+            pruned = selection.pruned_indices(group, ratio, spec.selection,
+                                              seed=int(rng.integers(2**31)))
+            plan.keep_mask = importance.keep_mask(group.size, pruned)
         plans.append(plan)
     return plans
 
 
 def prepare(
     model: keras.Model,
-    pruning_ratio: Ratio = 0.5,
+    pruning_ratio: selection.Ratio = 0.5,
     method: str = "tpp",
     *,
-    layers: Union[str, Iterable[str], None] = None,
-    exclude: Union[str, Iterable[str], None] = None,
+    layers: selection.Patterns = None,
+    exclude: selection.Patterns = None,
     gram_coefficient: float = 1000.0,
     seed: int | None = None,
     on_unsupported: str = "raise",
@@ -177,8 +103,7 @@ def prepare(
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
-    ratios = _resolve_ratios(
-        graph, pruning_ratio, _as_patterns(layers, "layers"), _as_patterns(exclude, "exclude"))
+    ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
     plans = _plan_groups(graph, ratios, spec, seed)
 
     wrap: dict[int, tuple[_GroupPlan, bool]] = {}  # id(layer) -> (plan, is producer)

@@ -157,7 +157,7 @@ def test_bad_ratio(ratio):
 
 def test_pattern_matching_nothing_lists_prunable_layers():
     model = models.small_cnn(widths=(4, 4))
-    with pytest.raises(ValueError, match=r"matches no prunable layer.*conv1, conv2"):
+    with pytest.raises(ValueError, match=r"matches no producer layer.*conv1, conv2"):
         keras_tpp.prepare(model, 0.5, layers="block*")
     with pytest.raises(ValueError, match=r"'classifier'.*output"):
         keras_tpp.prepare(model, {"classifier": 0.5})
