@@ -137,8 +137,7 @@ class GRegController(Controller):
                 continue
             scores = importance.group_l1_scores([w.layer for w in producers])
             count = producers[0].num_pruned
-            mask = np.ones(len(scores), dtype=bool)
-            mask[np.argsort(scores, kind="stable")[:count]] = False
+            mask = importance.keep_mask(len(scores), importance.lowest(scores, count))
             for wrapper in members:
                 wrapper.keep_mask.assign(mask.astype("float32"))
 

@@ -42,18 +42,16 @@ def num_pruned(num_channels: int, ratio: float) -> int:
     return min(int(math.ceil(ratio * num_channels - 1e-9)), num_channels - 1)
 
 
-def smallest(scores: np.ndarray, ratio: float) -> np.ndarray:
-    """Sorted indices of the ceil(ratio·N) lowest scores (ties broken by index)."""
-    count = num_pruned(len(scores), ratio)
+def lowest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Sorted indices of the ``count`` lowest scores (ties broken by index)."""
     order = np.argsort(np.asarray(scores), kind="stable")
-    return np.sort(order[:count])
+    return np.sort(order[:count]).astype(np.int64)
 
 
-def random_choice(num_channels: int, ratio: float, seed: int | None = None) -> np.ndarray:
-    """Sorted indices of ceil(ratio·N) channels chosen uniformly at random (seeded)."""
-    count = num_pruned(num_channels, ratio)
+def random_indices(num_channels: int, count: int, seed: int | None = None) -> np.ndarray:
+    """Sorted indices of ``count`` channels chosen uniformly at random (seeded)."""
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_channels, size=count, replace=False))
+    return np.sort(rng.choice(num_channels, size=count, replace=False)).astype(np.int64)
 
 
 def keep_mask(num_channels: int, pruned: np.ndarray) -> np.ndarray:

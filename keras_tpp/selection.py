@@ -112,9 +112,8 @@ def pruned_indices(
         kept = min(group.size, -(-(group.size - count) // round_to) * round_to)
         count = group.size - kept
     if method == "l1":
-        scores = importance.group_l1_scores([p.layer for p in group.producers])
-        return np.sort(np.argsort(scores, kind="stable")[:count]).astype(np.int64)
+        return importance.lowest(
+            importance.group_l1_scores([p.layer for p in group.producers]), count)
     if method == "random":
-        rng = np.random.default_rng(seed)
-        return np.sort(rng.choice(group.size, size=count, replace=False)).astype(np.int64)
+        return importance.random_indices(group.size, count, seed)
     raise ValueError(f"Unknown selection method {method!r}; valid: 'l1', 'random'.")

@@ -696,7 +696,7 @@ def make_plan(
     fnmatch patterns, by name or "outer/inner" path) loses ceil(ratio·N) channels, at least
     one kept. ``pruning_ratio`` is a float or {pattern: ratio} (the first matching pattern
     wins; groups matching none are left alone). ``method``: "l1" (importance.group_l1_scores,
-    smallest first) or "random" (importance.random_choice, seeded). ``round_to`` (optional)
+    smallest first) or "random" (seeded uniform choice). ``round_to`` (optional)
     rounds each group's kept channel count up to a multiple of it (e.g. 8 or 16, which CPU
     and GPU kernels run faster on), so fewer channels than ceil(ratio·N) may be removed.
     """
