@@ -139,7 +139,9 @@ class GRegController(Controller):
             count = producers[0].num_pruned
             mask = importance.keep_mask(len(scores), importance.lowest(scores, count))
             for wrapper in members:
-                wrapper.keep_mask.assign(mask.astype("float32"))
+                # A batch norm behind a Concatenate carries several groups: left unpicked.
+                if wrapper.num_channels == len(mask):
+                    wrapper.keep_mask.assign(mask.astype("float32"))
 
     def _picked(self) -> bool:
         return any(_value(w.stopped_at) >= 0 for w in self.producers) or any(

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -18,15 +18,13 @@ from keras_tpp.graph import ChannelGroup, DependencyGraph
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
 
-
 @dataclass
 class _GroupPlan:
-    """What prepare will do to one channel group."""
+    """What prepare does to one channel group: how many channels go, and its keep-mask."""
 
     group: ChannelGroup
-    ratio: float
     num_pruned: int
-    keep_mask: np.ndarray = field(default=None)  # (N,) bool
+    keep_mask: np.ndarray  # (N,) bool; all True until GReg-2's schedule picks
 
 
 def _plan_groups(
@@ -41,14 +39,13 @@ def _plan_groups(
         count = importance.num_pruned(group.size, ratio)
         if count == 0:
             continue
-        plan = _GroupPlan(group, ratio, count)
         if spec.selection == "deferred":  # the schedule picks the filters later (GReg-2)
-            plan.keep_mask = np.ones(group.size, dtype=bool)
+            keep = np.ones(group.size, dtype=bool)
         else:
             pruned = selection.pruned_indices(group, ratio, spec.selection,
                                               seed=int(rng.integers(2**31)))
-            plan.keep_mask = importance.keep_mask(group.size, pruned)
-        plans.append(plan)
+            keep = importance.keep_mask(group.size, pruned)
+        plans.append(_GroupPlan(group, count, keep))
     return plans
 
 
@@ -106,36 +103,38 @@ def prepare(
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
     plans = _plan_groups(graph, ratios, spec, seed)
 
-    wrap: dict[int, tuple[_GroupPlan, bool]] = {}  # id(layer) -> (plan, is producer)
+    # Producers get their group's mask. A batch norm gets one mask over all its channels:
+    # behind a Concatenate it carries several groups, each at its offset.
+    wrap: dict[int, tuple[_GroupPlan, np.ndarray]] = {}  # id(layer) -> (plan, keep-mask)
     for plan in plans:
         for ref in plan.group.producers:
-            wrap[id(ref.layer)] = (plan, True)
-        for ref in plan.group.followers:
-            if is_norm(ref.layer):
-                wrap[id(ref.layer)] = (plan, False)
+            wrap[id(ref.layer)] = (plan, plan.keep_mask)
+        for slot in plan.group.follower_slots:
+            norm = slot.ref.layer
+            if not is_norm(norm):
+                continue
+            if id(norm) not in wrap:
+                wrap[id(norm)] = (plan, np.ones(int(norm.moving_mean.shape[0]), dtype=bool))
+            wrap[id(norm)][1][slot.offset:slot.offset + plan.group.size] &= plan.keep_mask
+    masks = {}  # wrapper name -> keep-mask, set once the clone exists
 
     def replace(layer: keras.layers.Layer):
         entry = wrap.get(id(layer))
         if entry is None:
             return None
-        plan, producer = entry
+        plan, keep = entry
+        producer = not is_norm(layer)
+        masks[layer.name] = keep
         return PruningWrapper(
             cloning.fresh_copy(layer),
             method=spec.name,
             gram_coefficient=gram_coefficient if (producer and spec.gram) else 0.0,
             l2_penalty=spec.l2 if producer else spec.norm_l2,
-            num_pruned=plan.num_pruned,
+            num_pruned=int((~keep).sum()) if spec.selection != "deferred" else plan.num_pruned,
             group=plan.group.name,
         )
 
     pmodel = cloning.clone_replacing(model, replace)
-    masks = {}
-    for plan in plans:
-        for ref in plan.group.producers:
-            masks[ref.layer.name] = plan.keep_mask
-        for ref in plan.group.followers:
-            if is_norm(ref.layer):
-                masks[ref.layer.name] = plan.keep_mask
     for wrapper in find_wrappers(pmodel):
         wrapper.keep_mask.assign(masks[wrapper.name].astype("float32"))
     return pmodel

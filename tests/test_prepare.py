@@ -231,3 +231,26 @@ def test_keras_round_trip_keeps_state(tmp_path):
                                rtol=1e-6)
     np.testing.assert_allclose(sum(np.asarray(v) for v in loaded.losses),
                                sum(np.asarray(v) for v in pmodel.losses), rtol=1e-6)
+
+
+def test_batch_norm_behind_a_concatenate_gets_both_groups_masks():
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(6, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(inputs)
+    x = keras.layers.Concatenate(name="cat")([a, b])
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(5, 1, name="c")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _perturb_bn(model, 3)
+    pmodel = keras_tpp.prepare(model, {"a": 0.5, "b": 0.5})
+    masks = keras_tpp.get_masks(pmodel, include_norms=True)
+    np.testing.assert_array_equal(masks["bn"], np.concatenate([masks["a"], masks["b"]]))
+    assert (~masks["bn"]).sum() == 5
+    keras_tpp.apply_masks(pmodel)
+    thin = keras_tpp.shrink(pmodel)
+    assert thin.get_layer("bn").gamma.shape[0] == 5
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(thin(x, training=False).numpy(),
+                               pmodel(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
