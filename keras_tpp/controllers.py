@@ -44,9 +44,13 @@ class Controller:
         self.wrappers = wrappers
         self.schedule = schedule
         self.producers = [w for w in wrappers if w.is_producer]
+        self._enforced = False
 
     def enforced(self) -> bool:
-        return all(_value(w.enforce) > 0.5 for w in self.wrappers)
+        """Whether the masks are applied and held (read from the variables, then cached)."""
+        if not self._enforced:
+            self._enforced = all(_value(w.enforce) > 0.5 for w in self.wrappers)
+        return self._enforced
 
     def sync(self, step: int) -> tuple[float, int]:
         raise NotImplementedError
