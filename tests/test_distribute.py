@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import numpy as np
+from multiworker import run_workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 16
@@ -166,8 +164,6 @@ def test_get_strategy_names_and_errors():
 
 
 def test_loop_matches_fit_and_single_device_under_mirrored():
-    import keras
-
     from keras_tpp.distribute import DistributedTrainer, get_strategy
 
     strategy = get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
@@ -430,57 +426,21 @@ def test_errors_for_uncompiled_model_and_bad_data():
 # --------------------------------------------------------------------------- (b) multi-worker
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_two_processes_identical_weights(tmp_path):
     """Two worker processes (MultiWorkerMirroredStrategy over 127.0.0.1) train a few steps
     with the custom loop — a small model with a scheduled regularizer and a mask constraint,
     then a keras_tpp.prepare'd model with synchronized BN under TPPCallback. Both workers end
     with identical weights, equal to a single-process run with the same global batches (so
     the DATA auto-sharding split every global batch between the workers)."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     backup = str(tmp_path / "backup")
-    procs, logs = [], []
     env = dict(os.environ)
     env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
                 "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
                 "KERAS_BACKEND": "tensorflow"})
-    try:
-        for index in range(2):
-            env_i = dict(env, TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            log = open(tmp_path / f"worker{index}.log", "w")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--worker",
-                 str(tmp_path / f"weights{index}.npz"), backup],
-                env=env_i, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
-        deadline = time.time() + 120
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
-
-    outputs = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
-    assert all(p.returncode == 0 for p in procs), "\n\n".join(outputs)
+    run_workers(
+        lambda index: [sys.executable, os.path.abspath(__file__), "--worker",
+                       str(tmp_path / f"weights{index}.npz"), backup],
+        env, tmp_path, cwd=REPO, timeout=120)
     w0 = np.load(tmp_path / "weights0.npz")
     w1 = np.load(tmp_path / "weights1.npz")
     assert sorted(w0.files) == sorted(w1.files)

@@ -12,17 +12,18 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from multiworker import run_workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
-SHARED_MNIST = os.environ.get("KERAS_TPP_MNIST_DIR", "/work/shared/data/keras")
+SHARED_MNIST = os.environ.get(  # the shared MNIST beside the checkout, as in CI
+    "KERAS_TPP_MNIST_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "keras"))
 TIMEOUT = 300
 
 # A tiny CIFAR setting: ResNet-20 at a quarter of the width, 16-image batches, a TPP
@@ -146,16 +147,6 @@ def _with_pretrained(cifar_all, tmp_path):
     model_dir.mkdir()
     shutil.copy(os.path.join(cifar_all[0], "pretrained.keras"), model_dir)
     return str(model_dir)
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 # --------------------------------------------------------------------------- quickstart
@@ -308,34 +299,14 @@ def test_cifar_prune_multi_worker_two_processes(cifar_all, tmp_path):
     stage (DistributedTrainer); both end with identical weights, masks and schedule state,
     and only the chief writes the outputs."""
     model_dir = _with_pretrained(cifar_all, tmp_path)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    procs, logs = [], []
-    try:
-        for index in range(2):
-            tf_config = json.dumps({"cluster": cluster,
-                                    "task": {"type": "worker", "index": index}})
-            args = ["--stage", "prune", "--method", "tpp", "--strategy", "multi_worker",
-                    "--data_source", "synthetic", "--max_train_examples", "64",
-                    "--max_test_examples", "32", "--model_dir", model_dir,
-                    "--dump_state", str(tmp_path / f"state{index}.npz"),
-                    "--validation_freq", "1000"] + TINY_CIFAR
-            log = open(tmp_path / f"worker{index}.log", "w")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                _command("cifar.py", args), cwd=tmp_path, stdout=log,
-                stderr=subprocess.STDOUT, env=_env(tmp_path, TF_CONFIG=tf_config)))
-        deadline = time.time() + TIMEOUT
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
-    outputs = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
-    assert all(p.returncode == 0 for p in procs), "\n\n".join(outputs)
+    args = ["--stage", "prune", "--method", "tpp", "--strategy", "multi_worker",
+            "--data_source", "synthetic", "--max_train_examples", "64",
+            "--max_test_examples", "32", "--model_dir", model_dir,
+            "--validation_freq", "1000"] + TINY_CIFAR
+    run_workers(
+        lambda index: _command("cifar.py", args + [
+            "--dump_state", str(tmp_path / f"state{index}.npz")]),
+        _env(tmp_path), tmp_path, cwd=str(tmp_path), timeout=TIMEOUT)
 
     states = [dict(np.load(tmp_path / f"state{i}.npz")) for i in range(2)]
     for state in states:
