@@ -21,7 +21,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from keras_tpp import importance
+from keras_tpp import filters, importance
 from keras_tpp.penalty_schedule import GROW, PICK, PRUNED, STABILIZE, PenaltySchedule
 from keras_tpp.wrappers import PruningWrapper
 
@@ -45,6 +45,14 @@ class Controller:
         self.schedule = schedule
         self.producers = [w for w in wrappers if w.is_producer]
         self._enforced = False
+        self._assigned: dict[int, tuple[float, float]] = {}  # id(wrapper) -> (λ, λ_kept)
+
+    def set_strengths(self, wrapper: PruningWrapper, strength: float, kept: float) -> None:
+        """Assign λ and λ_kept, skipping the variable writes when nothing changed."""
+        if self._assigned.get(id(wrapper)) != (strength, kept):
+            wrapper.strength.assign(strength)
+            wrapper.kept_strength.assign(kept)
+            self._assigned[id(wrapper)] = (strength, kept)
 
     def enforced(self) -> bool:
         """Whether the masks are applied and held (read from the variables, then cached)."""
@@ -59,17 +67,10 @@ class Controller:
 class GrowingController(Controller):
     """TPP: every layer follows λ(t) of the schedule; pruned at ``schedule.end_step``."""
 
-    def __init__(self, wrappers, schedule):
-        super().__init__(wrappers, schedule)
-        self._last = None
-
     def sync(self, step):
         strength = self.schedule.strength(step)
-        if strength != self._last:
-            for wrapper in self.wrappers:
-                wrapper.strength.assign(strength)
-                wrapper.kept_strength.assign(0.0)
-            self._last = strength
+        for wrapper in self.wrappers:
+            self.set_strengths(wrapper, strength, 0.0)
         phase = self.schedule.phase(step)
         if phase == PRUNED and not self.enforced():
             enter_pruned_phase(self.wrappers)
@@ -125,8 +126,6 @@ class GRegController(Controller):
         return min(self.schedule.ceiling, self.base + self.schedule.delta * ticks)
 
     def _magnitude_ratio(self, wrapper: PruningWrapper) -> float:
-        from keras_tpp import filters
-
         matrix = np.abs(keras.ops.convert_to_numpy(filters.layer_filter_matrix(wrapper.layer)))
         mask = keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
         pruned = matrix[~mask].mean() if (~mask).any() else 0.0
@@ -158,33 +157,32 @@ class GRegController(Controller):
         if self.picking and step < self.pick_end:
             strength = min(self.pick_ceiling, self.pick_delta * (step // self.schedule.interval))
             for wrapper in self.wrappers:  # mask is all ones: a uniform penalty on every filter
-                wrapper.strength.assign(strength)
-                wrapper.kept_strength.assign(strength)
+                self.set_strengths(wrapper, strength, strength)
             return strength, PICK
         if self.picking and not self._picked():
             self._pick()
         tick = step // self.schedule.interval
         update_ema = tick != self._last_tick
         self._last_tick = tick
-        for members in self.groups.values():
-            for wrapper in members:
-                stopped_at = _value(wrapper.stopped_at)
-                if stopped_at < 0 and wrapper.is_producer:
-                    strength = self.growth(step)
-                    ratio = _value(wrapper.ratio_ema)
-                    if update_ema:
-                        current = self._magnitude_ratio(wrapper)
-                        ratio = current if ratio == 0 else (
-                            self.ema_momentum * ratio + (1 - self.ema_momentum) * current)
-                        wrapper.ratio_ema.assign(min(ratio, 1e30))
-                    if strength >= self.schedule.ceiling or ratio >= self.stop_ratio:
-                        wrapper.stopped_at.assign(float(step))
-                        stopped_at = step
-                strength = self.growth(int(stopped_at) if stopped_at >= 0 else step)
-                wrapper.strength.assign(strength)
-                wrapper.kept_strength.assign(self.kept_strength)
-        stops = [_value(w.stopped_at) for w in self.producers]
-        strength = max(_value(w.strength) for w in self.producers)
+        stops, strengths = [], []
+        for wrapper in self.wrappers:
+            stopped_at = _value(wrapper.stopped_at)
+            if stopped_at < 0 and wrapper.is_producer:
+                ratio = _value(wrapper.ratio_ema)
+                if update_ema:
+                    current = self._magnitude_ratio(wrapper)
+                    ratio = current if ratio == 0 else (
+                        self.ema_momentum * ratio + (1 - self.ema_momentum) * current)
+                    wrapper.ratio_ema.assign(min(ratio, 1e30))
+                if self.growth(step) >= self.schedule.ceiling or ratio >= self.stop_ratio:
+                    wrapper.stopped_at.assign(float(step))
+                    stopped_at = step
+            strength = self.growth(int(stopped_at) if stopped_at >= 0 else step)
+            self.set_strengths(wrapper, strength, self.kept_strength)
+            if wrapper.is_producer:
+                stops.append(stopped_at)
+                strengths.append(strength)
+        strength = max(strengths)
         if min(stops) < 0:
             return strength, GROW
         if step >= max(stops) + self.schedule.stabilize_steps:
