@@ -59,14 +59,33 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
             _unwrap(dst).set_weights(weights)
 
 
+def uncompiled(model: keras.Model) -> keras.Model:
+    """``model`` itself if it is not compiled, else an uncompiled model on the same layers.
+
+    ``keras.models.clone_model`` compiles a clone of a compiled model with the same
+    optimizer configuration; a model keras_tpp hands back (stripped, thin, masked) must not
+    carry the pruning stage's optimizer into ``save()`` or fine-tuning.
+    """
+    if not getattr(model, "compiled", False):
+        return model
+    if isinstance(model, keras.Sequential):
+        first = model.inputs[0]
+        return keras.Sequential(
+            [keras.Input(batch_shape=tuple(first.shape), dtype=first.dtype)] + model.layers,
+            name=model.name)
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
 def clone_replacing(
     model: keras.Model,
     replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
     copy: bool = True,
+    compiled: bool = True,
 ) -> keras.Model:
     """Clone ``model`` (nested models too); ``replace(layer)`` may return a new layer to use
     instead of a fresh copy. With ``copy``, weights are copied from ``model`` afterwards
-    (:func:`copy_weights`)."""
+    (:func:`copy_weights`); with ``compiled=False`` the clone is returned uncompiled even if
+    ``model`` was compiled (:func:`uncompiled`)."""
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
         new = replace(layer)
@@ -86,7 +105,7 @@ def clone_replacing(
         model, clone_function=clone_function, call_function=call_function, recursive=True)
     if copy:
         copy_weights(model, clone)
-    return clone
+    return clone if compiled else uncompiled(clone)
 
 
 def fresh_copy(layer: keras.layers.Layer) -> keras.layers.Layer:

@@ -66,7 +66,8 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     Args:
         model: a Functional or Sequential model (nested ones too); never modified.
     Returns:
-        A plain Keras model computing ``model(x, training=False)``, for inference and export.
+        A plain, uncompiled Keras model computing ``model(x, training=False)``, for
+        inference and export.
     """
     cloning.check_functional(model, "keras_tpp.fold_batchnorm")
     pairs = _pairs(model)
@@ -82,7 +83,7 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
             return layer.__class__.from_config(config)
         return None
 
-    folded = cloning.clone_replacing(model, replace, copy=False)
+    folded = cloning.clone_replacing(model, replace, copy=False, compiled=False)
     _copy_folded(model, folded, producers)
     return folded
 

@@ -6,6 +6,7 @@ important. Selection turns scores and a pruning ratio into the sorted indices to
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import keras
@@ -63,10 +64,9 @@ def keep_mask(num_channels: int, pruned: np.ndarray) -> np.ndarray:
 
 def check_ratio(ratio: float) -> float:
     """Validate a pruning ratio in [0, 1); returns it as float."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"A pruning ratio must be a number in [0, 1), got {ratio!r}.") from None
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise ValueError(f"A pruning ratio must be a number in [0, 1), got {ratio!r}.")
+    value = float(ratio)
     if not 0.0 <= value < 1.0 or math.isnan(value):
         raise ValueError(f"A pruning ratio must be in [0, 1), got {ratio!r}.")
     return value

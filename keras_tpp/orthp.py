@@ -20,6 +20,8 @@ from typing import Any, Iterator, Sequence
 import keras
 from keras import ops
 
+from keras_tpp import cloning
+
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
@@ -50,18 +52,18 @@ def orthp(
         raise ValueError("`model` must be built (call it once or give it an Input) before orthp.")
     if isinstance(gain, bool) or not isinstance(gain, numbers.Real) or not gain > 0:
         raise ValueError(f"`gain` must be a positive number; got {gain!r}.")
-    names = _selected_names(model, layers)
+    chosen = _selected_paths(model, layers)
 
     try:
-        clone = keras.models.clone_model(model)
+        clone = cloning.uncompiled(keras.models.clone_model(model))
     except Exception as err:  # subclassed models cannot be cloned from their graph
         raise ValueError(
             f"orthp needs a Sequential or Functional model it can clone; cloning failed: {err}"
         ) from err
     clone.set_weights(model.get_weights())
 
-    for layer in _walk(clone):
-        if layer.name in names:
+    for path, layer in _walk(clone):
+        if path in chosen:
             kernel = layer.kernel
             kernel.assign(ops.cast(orthogonal_factor(kernel, gain), kernel.dtype))
     return clone
@@ -84,13 +86,15 @@ def orthogonal_factor(kernel: Any, gain: float = 1.0) -> Any:
     return ops.reshape(q * float(gain), shape)
 
 
-def _walk(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    """All layers of ``model``, descending into nested models (depth first)."""
+def _walk(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    """(path, layer) of every leaf layer of ``model``, nested models included (depth first);
+    paths join names with "/" ("backbone/dense")."""
     for layer in model.layers:
+        path = f"{prefix}{layer.name}"
         if isinstance(layer, keras.Model):
-            yield from _walk(layer)
+            yield from _walk(layer, path + "/")
         else:
-            yield layer
+            yield path, layer
 
 
 def _supported(layer: keras.layers.Layer) -> bool:
@@ -99,14 +103,14 @@ def _supported(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, _CONV_TYPES) and int(getattr(layer, "groups", 1)) == 1
 
 
-def _selected_names(model: keras.Model, layers: Sequence[str] | str | None) -> set[str]:
-    """Validated set of layer names to orthogonalize."""
-    all_layers = list(_walk(model))
-    dense = [layer.name for layer in all_layers if isinstance(layer, keras.layers.Dense)]
+def _selected_paths(model: keras.Model, layers: Sequence[str] | str | None) -> set[str]:
+    """Validated set of layer paths to orthogonalize (names are accepted when unique)."""
+    all_layers = dict(_walk(model))
+    dense = [path for path, layer in all_layers.items() if isinstance(layer, keras.layers.Dense)]
     if layers is None:
         if not dense:
             raise ValueError("`model` has no Dense layer to orthogonalize.")
-        chosen = [layer for layer in all_layers if layer.name in set(dense)]
+        chosen = dense
     else:
         if isinstance(layers, str):
             layers = [layers]
@@ -114,25 +118,30 @@ def _selected_names(model: keras.Model, layers: Sequence[str] | str | None) -> s
             raise ValueError(f"`layers` must be a list of layer names; got {layers!r}.")
         if not layers:
             raise ValueError("`layers` is empty; pass None to orthogonalize every Dense layer.")
-        by_name = {layer.name: layer for layer in all_layers}
-        missing = [n for n in layers if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"No layer named {missing} in the model. Dense layers: {dense}."
-            )
-        unsupported = [n for n in layers if not _supported(by_name[n])]
+        chosen = []
+        for name in layers:
+            hits = [name] if name in all_layers else [
+                p for p, layer in all_layers.items() if layer.name == name]
+            if not hits:
+                raise ValueError(f"No layer named {name!r} in the model. Dense layers: {dense}.")
+            if len(hits) > 1:
+                raise ValueError(f"Layer name {name!r} is ambiguous ({hits}); use the full "
+                                 "'outer/inner' path.")
+            chosen.append(hits[0])
+        unsupported = [p for p in chosen if not _supported(all_layers[p])]
         if unsupported:
             raise ValueError(
                 f"orthp supports Dense and Conv1D/2D/3D (groups=1) layers only; got "
-                f"{[(n, type(by_name[n]).__name__) for n in unsupported]}. Dense layers: {dense}."
+                f"{[(p, type(all_layers[p]).__name__) for p in unsupported]}. "
+                f"Dense layers: {dense}."
             )
-        chosen = [by_name[n] for n in layers]
-    for layer in chosen:
+    for path in chosen:
+        layer = all_layers[path]
         if getattr(layer, "lora_enabled", False):
-            raise ValueError(f"Layer {layer.name!r} has LoRA enabled; merge it before orthp.")
+            raise ValueError(f"Layer {path!r} has LoRA enabled; merge it before orthp.")
         if not str(layer.kernel.dtype).startswith(("float", "bfloat")):
             raise ValueError(
-                f"Layer {layer.name!r} has a {layer.kernel.dtype} kernel (quantized?); "
+                f"Layer {path!r} has a {layer.kernel.dtype} kernel (quantized?); "
                 "orthp needs a floating-point kernel."
             )
-    return {layer.name for layer in chosen}
+    return set(chosen)

@@ -7,6 +7,7 @@ thing everywhere. Patterns are fnmatch patterns on a producer's name or its "out
 from __future__ import annotations
 
 import fnmatch
+import numbers
 from typing import Iterable, Mapping, Union
 
 import numpy as np
@@ -22,10 +23,26 @@ def as_patterns(value: Patterns, what: str) -> list[str] | None:
     """None, one pattern or several → a list of patterns (None stays None)."""
     if value is None:
         return None
-    patterns = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(p, str) for p in patterns):
+    if isinstance(value, str):
+        patterns = [value]
+    elif isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)):
+        patterns = list(value)
+    else:
+        patterns = None
+    if patterns is None or not all(isinstance(p, str) for p in patterns):
         raise ValueError(f"{what} must be a name pattern or a list of them, got {value!r}.")
+    if not patterns:
+        raise ValueError(f"{what} is empty; pass None to use the default.")
     return patterns
+
+
+def check_seed(seed: object) -> int | None:
+    """A seed is None or a non-negative integer (not a bool); returns it as int."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}.")
+    return int(seed)
 
 
 def _matches(ref, pattern: str) -> bool:
@@ -79,6 +96,10 @@ def resolve_group_ratios(
                     for _, g in match(p, "layers pattern")}
         chosen = {k: v for k, v in chosen.items() if id(v[1]) in selected}
     for pattern in as_patterns(exclude, "exclude") or []:
+        if not any(_matches(ref, pattern) for ref, _ in producers):
+            raise ValueError(
+                f"exclude pattern '{pattern}' matches no producer layer. Producer layers: "
+                f"{', '.join(sorted(ref.path_str for ref, _ in producers)) or '(none)'}.")
         chosen = {k: v for k, v in chosen.items() if not _matches(v[0], pattern)}
 
     ratios: dict[int, float] = {}
@@ -91,6 +112,44 @@ def resolve_group_ratios(
                 f"coupling) and must be pruned with one ratio, got {previous} and {ratio}.")
         ratios[group.id] = ratio
     return ratios
+
+
+def choose_pruned(
+    graph: DependencyGraph,
+    ratios: Mapping[int, float],
+    method: str = "l1",
+    *,
+    seed: int | None = None,
+    round_to: int | None = None,
+) -> dict[int, np.ndarray]:
+    """{group id: sorted indices to remove} for every group in ``ratios`` that loses any.
+
+    The one place that turns ratios into channels, for :func:`keras_tpp.prepare` and
+    :func:`keras_tpp.make_plan`: groups are visited in graph order and the "random" method
+    draws each group's seed from one generator seeded with ``seed``, so the same seed picks
+    the same channels everywhere.
+    """
+    rng = np.random.default_rng(check_seed(seed))
+    chosen = {}
+    for group in graph.groups:
+        if group.id not in ratios:
+            continue
+        indices = pruned_indices(group, ratios[group.id], method,
+                                 seed=int(rng.integers(2**31 - 1)), round_to=round_to)
+        if len(indices):
+            chosen[group.id] = indices
+    return chosen
+
+
+def nothing_to_prune_reason(graph: DependencyGraph, ratios: Mapping[int, float]) -> str:
+    """Why ``ratios`` removes no channel: for the error raised when nothing would change."""
+    if any(g.prunable for g in graph.groups):
+        if ratios and all(r == 0 for r in ratios.values()):
+            return "the pruning ratio is 0"
+        return ("every selected layer is too small to lose a channel at this ratio (at "
+                "least one channel is always kept)")
+    reasons = "; ".join(f"'{g.producers[0].path_str}': {g.reason}" for g in graph.groups[:5])
+    return f"no layer is prunable ({reasons or 'the model has no Conv or Dense layer'})"
 
 
 def pruned_indices(

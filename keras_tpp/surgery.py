@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 import keras
 import numpy as np
 
-from keras_tpp import filters, selection
+from keras_tpp import cloning, filters, selection
 from keras_tpp.graph import (
     ChannelGroup,
     DependencyGraph,
@@ -69,12 +69,48 @@ _PADDING = (_L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding3D)
 
 
 def plan_from_masks(masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Turn keep-masks {producer name: bool (N,), True = kept} into a plan of removed indices."""
+    """Turn keep-masks {producer path: bool (N,), True = kept} into a plan of removed indices."""
     plan = {}
     for name, mask in masks.items():
         mask = np.asarray(keras.ops.convert_to_numpy(mask)).astype(bool).reshape(-1)
         plan[name] = np.flatnonzero(~mask)
     return plan
+
+
+def _entry_indices(key: str, entry: Any, size: int, path: str) -> np.ndarray:
+    """One plan entry as sorted unique removed indices.
+
+    An entry is either channel indices (integers) or a boolean keep-mask of length N
+    (True = kept, False = removed), the form :func:`keras_tpp.get_masks` returns.
+    """
+    if entry is None or isinstance(entry, (str, bytes, Mapping)):
+        raise ValueError(f"Plan entry '{key}' must be a list of channel indices or a boolean "
+                         f"keep-mask, got {entry!r}.")
+    try:
+        values = np.asarray(keras.ops.convert_to_numpy(entry) if hasattr(entry, "shape")
+                            else list(entry))
+    except TypeError:
+        raise ValueError(f"Plan entry '{key}' must be a list of channel indices or a boolean "
+                         f"keep-mask, got {entry!r}.") from None
+    if values.dtype == bool:
+        if values.ndim != 1 or values.size != size:
+            raise ValueError(
+                f"Plan entry '{key}' is a boolean keep-mask of shape {values.shape}, but "
+                f"'{path}' has {size} output channels: a keep-mask needs one entry per "
+                "channel (True = kept, False = removed).")
+        return np.flatnonzero(~values)
+    if values.size and not (np.issubdtype(values.dtype, np.integer) or (
+            np.issubdtype(values.dtype, np.floating)
+            and np.all(np.isfinite(values)) and np.all(np.equal(np.mod(values, 1), 0)))):
+        raise ValueError(f"Plan entry '{key}' must hold integer channel indices (or be a "
+                         f"boolean keep-mask), got {values.tolist()}.")
+    values = np.unique(values.astype(np.int64).reshape(-1))
+    if values.size and (values[0] < 0 or values[-1] >= size):
+        bad = int(values[0] if values[0] < 0 else values[-1])
+        raise ValueError(
+            f"Plan entry '{key}' removes channel {bad}, but '{path}' has "
+            f"{size} output channels (0..{size - 1}).")
+    return values
 
 
 def _resolve_plan(graph: DependencyGraph, plan: Plan) -> dict[int, np.ndarray]:
@@ -84,6 +120,8 @@ def _resolve_plan(graph: DependencyGraph, plan: Plan) -> dict[int, np.ndarray]:
                          f"{type(plan).__name__}.")
     chosen: dict[int, tuple[str, np.ndarray]] = {}
     for key, indices in plan.items():
+        if not isinstance(key, str):
+            raise ValueError(f"Plan keys are layer names or 'outer/inner' paths, got {key!r}.")
         ref = graph.find(key)
         group = graph.group_of(ref)
         if group is None:
@@ -91,18 +129,7 @@ def _resolve_plan(graph: DependencyGraph, plan: Plan) -> dict[int, np.ndarray]:
                 f"Layer '{ref.path_str}' ({type(ref.layer).__name__}) does not produce "
                 "channels; a plan names producers (Conv, Dense, SeparableConv, ConvTranspose)."
             )
-        values = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
-        if values.size and not np.issubdtype(values.dtype, np.integer):
-            if not np.all(np.equal(np.mod(values, 1), 0)):
-                raise ValueError(f"Plan entry '{key}' must hold integer channel indices, got "
-                                 f"{values.tolist()}.")
-        values = np.unique(values.astype(np.int64).reshape(-1))
-        if values.size and (values[0] < 0 or values[-1] >= group.size):
-            bad = int(values[0] if values[0] < 0 else values[-1])
-            raise ValueError(
-                f"Plan entry '{key}' removes channel {bad}, but '{ref.path_str}' has "
-                f"{group.size} output channels (0..{group.size - 1})."
-            )
+        values = _entry_indices(key, indices, group.size, ref.path_str)
         if values.size == group.size:
             raise ValueError(f"Plan entry '{key}' removes all {group.size} channels of "
                              f"'{ref.path_str}'; at least one must be kept.")
@@ -117,6 +144,23 @@ def _resolve_plan(graph: DependencyGraph, plan: Plan) -> dict[int, np.ndarray]:
                 )
         chosen[group.id] = (key, values)
     return {gid: values for gid, (_, values) in chosen.items() if values.size}
+
+
+def check_finite(model: keras.Model) -> None:
+    """Raise ValueError naming the first layer whose weights hold NaN or infinity.
+
+    Surgery on diverged weights would produce a model that silently outputs NaN; this is
+    checked before anything is built.
+    """
+    for ref in iter_layers(model):
+        for variable in ref.layer.weights:
+            value = _np(variable)
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                bad = int(np.size(value) - np.isfinite(value).sum())
+                raise ValueError(
+                    f"Layer '{ref.path_str}' has {bad} non-finite value(s) (NaN or infinity) "
+                    f"in '{variable.name}': training diverged. Restore the last finite "
+                    "weights (a checkpoint or backup) before pruning surgery.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -610,6 +654,7 @@ def zero_channels(model: keras.Model, plan: Plan, *,
     removed = _resolve_plan(graph, plan)
     surgeon = _Surgeon(graph, removed)
     copy, new_of = _copy_model(model)
+    copy = cloning.uncompiled(copy)
     for key, edit in surgeon.edits.items():
         new = new_of.get(key)
         if new is None:
@@ -659,15 +704,22 @@ def shrink(model: keras.Model, plan: Plan | None = None, *,
             keras_tpp prepared model whose pruned channels are already zero (after
             :func:`keras_tpp.apply_masks` or the end of the pruning schedule): its masks
             give the plan, and the thin model's outputs equal the prepared model's.
-        plan: {producer name or "outer/inner" path: output channel indices to remove}.
+        plan: {producer name or "outer/inner" path: output channel indices to remove, or a
+            boolean keep-mask of length N (True = kept, False = removed), as
+            :func:`keras_tpp.get_masks` returns}.
         on_unsupported: see :class:`keras_tpp.graph.DependencyGraph`.
     Returns:
-        A new model computing what ``model`` computes with the planned producers' outputs
-        zero (exactly the masked model's outputs when ``model`` is masked).
+        A new, uncompiled model computing what ``model`` computes with the planned
+        producers' outputs zero (exactly the masked model's outputs when ``model`` is
+        masked).
     Raises:
         ValueError: unknown names, out-of-range/duplicate-conflicting/all-channel entries,
-            unprunable groups, or removed channels whose non-zero value cannot be folded.
+            unprunable groups, removed channels whose non-zero value cannot be folded, or
+            non-finite weights (checked first).
     """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"shrink expects a keras.Model, got {type(model).__name__}.")
+    check_finite(model)
     if plan is None:
         from keras_tpp import workflow
 
@@ -677,7 +729,7 @@ def shrink(model: keras.Model, plan: Plan | None = None, *,
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
     surgeon = _Surgeon(graph, _resolve_plan(graph, plan))
     surgeon.propagate()
-    return _build_thin(surgeon)
+    return cloning.uncompiled(_build_thin(surgeon))
 
 
 def make_plan(
@@ -686,6 +738,7 @@ def make_plan(
     *,
     method: str = "l1",
     layers: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
     seed: int | None = None,
     round_to: int | None = None,
     graph: DependencyGraph | None = None,
@@ -695,28 +748,25 @@ def make_plan(
     Each prunable group (restricted to groups with a producer matching one of the ``layers``
     fnmatch patterns, by name or "outer/inner" path) loses ceil(ratio·N) channels, at least
     one kept. ``pruning_ratio`` is a float or {pattern: ratio} (the first matching pattern
-    wins; groups matching none are left alone). ``method``: "l1" (importance.group_l1_scores,
+    wins; groups matching none are left alone); ``exclude`` patterns leave producers alone
+    (a pattern that matches no producer is an error). ``method``: "l1" (importance.group_l1_scores,
     smallest first) or "random" (seeded uniform choice). ``round_to`` (optional)
     rounds each group's kept channel count up to a multiple of it (e.g. 8 or 16, which CPU
     and GPU kernels run faster on), so fewer channels than ceil(ratio·N) may be removed.
     """
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
         raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}.")
     methods = ("l1", "random")
     if method not in methods:
         raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(methods)}.")
+    seed = selection.check_seed(seed)
     graph = graph or DependencyGraph(model)
-    ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers)
-    rng = np.random.default_rng(seed)
-    plan: dict[str, np.ndarray] = {}
-    for group in graph.groups:
-        if group.id not in ratios:
-            continue
-        indices = selection.pruned_indices(group, ratios[group.id], method,
-                                           seed=int(rng.integers(2**31 - 1)), round_to=round_to)
-        if len(indices):
-            plan[group.producers[0].path_str] = indices
-    return plan
+    ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers,
+                                            exclude=exclude)
+    chosen = selection.choose_pruned(graph, ratios, method, seed=seed, round_to=round_to)
+    by_id = {group.id: group for group in graph.groups}
+    return {by_id[gid].producers[0].path_str: indices for gid, indices in chosen.items()}
 
 
 def prune(
@@ -725,6 +775,7 @@ def prune(
     *,
     method: str = "l1",
     layers: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
     seed: int | None = None,
     round_to: int | None = None,
 ) -> keras.Model:
@@ -733,9 +784,15 @@ def prune(
     Chooses channels with :func:`make_plan` (same arguments) and returns
     ``shrink(zero_channels(model, plan), plan)``.
     """
+    check_finite(model)
     graph = DependencyGraph(model)
-    plan = make_plan(model, pruning_ratio, method=method, layers=layers, seed=seed,
-                     round_to=round_to, graph=graph)
+    plan = make_plan(model, pruning_ratio, method=method, layers=layers, exclude=exclude,
+                     seed=seed, round_to=round_to, graph=graph)
+    if not plan:
+        ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers,
+                                                exclude=exclude)
+        raise ValueError(f"Nothing to prune in model '{model.name}': "
+                         f"{selection.nothing_to_prune_reason(graph, ratios)}.")
     return shrink(zero_channels(model, plan), plan)
 
 

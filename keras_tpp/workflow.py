@@ -2,19 +2,21 @@
 
     pmodel = keras_tpp.prepare(model, pruning_ratio=0.5, method="tpp")
     pmodel.compile(...); pmodel.fit(..., callbacks=[keras_tpp.TPPCallback(...)])
-    keras_tpp.get_masks(pmodel)      # {layer name: bool array of kept output channels}
+    keras_tpp.get_masks(pmodel)      # {layer path: bool array of kept output channels}
     keras_tpp.apply_masks(pmodel)    # zero pruned filters, biases, BN γ/β now
     plain = keras_tpp.strip(pmodel)  # plain Keras model, same shapes
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from keras_tpp import cloning, importance, methods, selection
-from keras_tpp.graph import ChannelGroup, DependencyGraph
+from keras_tpp.graph import ChannelGroup, DependencyGraph, iter_layers
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
 
@@ -30,23 +32,21 @@ class _GroupPlan:
 def _plan_groups(
     graph: DependencyGraph, ratios: dict[int, float], spec: methods.MethodSpec, seed: int | None
 ) -> list[_GroupPlan]:
-    plans = []
-    rng = np.random.default_rng(seed)
-    for group in graph.groups:
-        if group.id not in ratios:
-            continue
-        ratio = ratios[group.id]
-        count = importance.num_pruned(group.size, ratio)
-        if count == 0:
-            continue
-        if spec.selection == "deferred":  # the schedule picks the filters later (GReg-2)
-            keep = np.ones(group.size, dtype=bool)
-        else:
-            pruned = selection.pruned_indices(group, ratio, spec.selection,
-                                              seed=int(rng.integers(2**31)))
-            keep = importance.keep_mask(group.size, pruned)
-        plans.append(_GroupPlan(group, count, keep))
-    return plans
+    by_id = {group.id: group for group in graph.groups}
+    if spec.selection == "deferred":  # the schedule picks the filters later (GReg-2)
+        counts = {gid: importance.num_pruned(by_id[gid].size, r) for gid, r in ratios.items()}
+        return [_GroupPlan(by_id[gid], n, np.ones(by_id[gid].size, dtype=bool))
+                for gid, n in sorted(counts.items()) if n]
+    chosen = selection.choose_pruned(graph, ratios, spec.selection, seed=seed)
+    return [_GroupPlan(by_id[gid], len(pruned), importance.keep_mask(by_id[gid].size, pruned))
+            for gid, pruned in chosen.items()]
+
+
+def _check_coefficient(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return float(value)
 
 
 def prepare(
@@ -95,13 +95,18 @@ def prepare(
         raise ValueError(
             f"Model '{model.name}' is already prepared for pruning; call keras_tpp.strip() "
             "first to prepare it again.")
-    if not isinstance(gram_coefficient, (int, float)) or gram_coefficient < 0:
-        raise ValueError(f"gram_coefficient must be a number >= 0, got {gram_coefficient!r}.")
+    gram_coefficient = _check_coefficient(gram_coefficient, "gram_coefficient")
+    seed = selection.check_seed(seed)
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
     plans = _plan_groups(graph, ratios, spec, seed)
+    if not plans:
+        raise ValueError(
+            f"Nothing to prune in model '{model.name}': "
+            f"{selection.nothing_to_prune_reason(graph, ratios)}. prepare() would return an "
+            "unchanged copy; check pruning_ratio, layers= and exclude=.")
 
     # Producers get their group's mask. A batch norm gets one mask over all its channels:
     # behind a Concatenate it carries several groups, each at its offset.
@@ -116,7 +121,7 @@ def prepare(
             if id(norm) not in wrap:
                 wrap[id(norm)] = (plan, np.ones(int(norm.moving_mean.shape[0]), dtype=bool))
             wrap[id(norm)][1][slot.offset:slot.offset + plan.group.size] &= plan.keep_mask
-    masks = {}  # wrapper name -> keep-mask, set once the clone exists
+    masks = {}  # id(wrapper) -> keep-mask, set once the clone exists
 
     def replace(layer: keras.layers.Layer):
         entry = wrap.get(id(layer))
@@ -124,24 +129,38 @@ def prepare(
             return None
         plan, keep = entry
         producer = not is_norm(layer)
-        masks[layer.name] = keep
-        return PruningWrapper(
+        wrapper = PruningWrapper(
             cloning.fresh_copy(layer),
             method=spec.name,
             gram_coefficient=gram_coefficient if (producer and spec.gram) else 0.0,
             l2_penalty=spec.l2 if producer else spec.norm_l2,
             num_pruned=int((~keep).sum()) if spec.selection != "deferred" else plan.num_pruned,
-            group=plan.group.name,
+            group=plan.group.producers[0].path_str,
         )
+        masks[id(wrapper)] = keep
+        return wrapper
 
     pmodel = cloning.clone_replacing(model, replace)
     for wrapper in find_wrappers(pmodel):
-        wrapper.keep_mask.assign(masks[wrapper.name].astype("float32"))
+        wrapper.keep_mask.assign(masks[id(wrapper)].astype("float32"))
     return pmodel
 
 
-def _require_prepared(model: keras.Model, what: str) -> list[PruningWrapper]:
-    wrappers = find_wrappers(model) if isinstance(model, keras.Model) else []
+def wrappers_by_path(model: keras.Model) -> dict[str, PruningWrapper]:
+    """{layer path: PruningWrapper} of a model, e.g. ``{"conv": ..., "backbone/conv": ...}``.
+
+    Paths join the names from the top model down with "/", so layers of nested models that
+    share a name with another layer keep distinct keys.
+    """
+    found = {}
+    for ref in iter_layers(model):
+        if isinstance(ref.layer, PruningWrapper):
+            found[ref.path_str] = ref.layer
+    return found
+
+
+def _require_prepared(model: keras.Model, what: str) -> dict[str, PruningWrapper]:
+    wrappers = wrappers_by_path(model) if isinstance(model, keras.Model) else {}
     if not wrappers:
         name = getattr(model, "name", type(model).__name__)
         raise ValueError(
@@ -151,13 +170,19 @@ def _require_prepared(model: keras.Model, what: str) -> list[PruningWrapper]:
 
 
 def get_masks(model: keras.Model, include_norms: bool = False) -> dict[str, np.ndarray]:
-    """{producer layer name: bool array (N,), True = kept} of a prepared model.
+    """{producer layer path: bool array (N,), True = kept} of a prepared model.
 
-    With ``include_norms`` the wrapped batch norms are listed too.
+    Keys are layer paths ("conv1", or "backbone/conv1" inside a nested model), the keys
+    :func:`keras_tpp.shrink` accepts in a plan. With ``include_norms`` the wrapped batch
+    norms are listed too.
+
+    Example:
+        >>> masks = keras_tpp.get_masks(pmodel)
+        >>> thin = keras_tpp.shrink(keras_tpp.strip(pmodel), masks)  # False = removed
     """
     return {
-        w.name: keras.ops.convert_to_numpy(w.keep_mask.value) > 0.5
-        for w in _require_prepared(model, "get_masks")
+        path: keras.ops.convert_to_numpy(w.keep_mask.value) > 0.5
+        for path, w in _require_prepared(model, "get_masks").items()
         if include_norms or w.is_producer
     }
 
@@ -168,7 +193,7 @@ def apply_masks(model: keras.Model, enforce: bool = True) -> None:
     With ``enforce`` (default) the pruned entries are also held at zero by the variables'
     constraints during any further training.
     """
-    for wrapper in _require_prepared(model, "apply_masks"):
+    for wrapper in _require_prepared(model, "apply_masks").values():
         wrapper.zero_pruned()
         if enforce:
             wrapper.enforce.assign(1.0)
@@ -180,24 +205,26 @@ def check_pruned_channels_zero(model: keras.Model) -> None:
     Removing channels that are not zero would change the network's outputs; the explicit
     step that zeroes them is :func:`apply_masks` (or the end of the pruning schedule).
     """
-    for wrapper in _require_prepared(model, "shrink"):
+    for path, wrapper in _require_prepared(model, "shrink").items():
         mask = keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
         for variable, axis in wrapper.masked_variables():
             value = keras.ops.convert_to_numpy(variable.value)
             pruned = np.take(value, np.flatnonzero(~mask), axis=axis % value.ndim)
             if np.any(pruned != 0):
                 raise ValueError(
-                    f"Layer '{wrapper.name}' still has non-zero pruned channels in "
+                    f"Layer '{path}' still has non-zero pruned channels in "
                     f"'{variable.name}': removing them would change the model's outputs. "
                     "Call keras_tpp.apply_masks(model) first, or train until the pruning "
                     "schedule's pruned phase.")
 
 
 def strip(model: keras.Model) -> keras.Model:
-    """A plain Keras model with the same architecture and weights, without keras_tpp objects.
+    """A plain, uncompiled Keras model with the same architecture and weights, without
+    keras_tpp objects.
 
     The pruned channels are still there (zero after :func:`apply_masks`); use
-    :func:`keras_tpp.shrink` to remove them physically.
+    :func:`keras_tpp.shrink` to remove them physically. The pruning stage's optimizer is not
+    carried over: compile the result for fine-tuning.
     """
     _require_prepared(model, "strip")
 
@@ -206,4 +233,4 @@ def strip(model: keras.Model) -> keras.Model:
             return cloning.fresh_copy(layer.layer)
         return None
 
-    return cloning.clone_replacing(model, replace)
+    return cloning.clone_replacing(model, replace, compiled=False)
