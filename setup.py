@@ -11,6 +11,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["keras_tpp", "keras_tpp.*"]),
+    license="Apache-2.0",
     python_requires=">=3.10",
     install_requires=[
         "keras>=3.6,<4",
