@@ -14,11 +14,13 @@ from keras_tpp import (
     filters,
     graph,
     importance,
+    layer_roles,
     lr_schedules,
     methods,
     metrics,
     models,
     penalties,
+    prepared,
     profiling,
     surgery,
     workflow,
@@ -31,8 +33,9 @@ from keras_tpp.methods import METHODS
 from keras_tpp.orthp import orthp
 from keras_tpp.penalty_schedule import PenaltySchedule
 from keras_tpp.profiling import compare, measure_latency, profile
+from keras_tpp.prepared import apply_masks, get_masks, strip
 from keras_tpp.surgery import make_plan, prune, shrink, zero_channels
-from keras_tpp.workflow import apply_masks, get_masks, prepare, strip
+from keras_tpp.workflow import prepare
 from keras_tpp.wrappers import PruningWrapper
 
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ A *producer* is a layer whose output channels are each computed by one filter of
 kernel (Conv*, Dense, SeparableConv*, Conv*Transpose). For each producer this module names
 the kernel that holds the output filters, the axis of that kernel that indexes output
 channels, and the axis that indexes input channels, and turns a kernel into the filter
-matrix W of SPEC §1: shape (N, K), one row per output channel.
+matrix W: shape (N, K), one row per output channel.
 
 Everything here is pure layout knowledge; importance scores, penalties and surgery all use it.
 """
@@ -15,24 +15,16 @@ from typing import Any
 import keras
 from keras import ops
 
-# Layer classes whose kernels hold one filter per output channel.
-_CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_TRANSPOSE_TYPES = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_SEPARABLE_TYPES = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+from keras_tpp import layer_roles
+
+_TRANSPOSE_TYPES = layer_roles.TRANSPOSE
+_SEPARABLE_TYPES = layer_roles.SEPARABLE
 
 
 def is_producer(layer: keras.layers.Layer) -> bool:
-    """True for layers whose output channels are produced by their own filters."""
-    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-        return False
-    if isinstance(layer, _CONV_TYPES):
-        # Grouped convolutions mix channel groups in ways a filter row does not capture.
-        return int(getattr(layer, "groups", 1)) == 1
-    return isinstance(layer, (keras.layers.Dense,) + _TRANSPOSE_TYPES + _SEPARABLE_TYPES)
+    """True for layers whose output channels are produced by their own filters (the
+    ``producer`` role of :mod:`keras_tpp.layer_roles`; grouped convolutions are not)."""
+    return layer_roles.is_producer(layer)
 
 
 def output_kernel_name(layer: keras.layers.Layer) -> str:

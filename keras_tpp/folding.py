@@ -15,16 +15,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_tpp import cloning, filters
-
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-
+from keras_tpp import cloning, filters, keras_internals, layer_roles
 
 def _foldable_producer(layer: keras.layers.Layer) -> bool:
-    if isinstance(layer, _DEPTHWISE):
-        return layer.activation in (None, keras.activations.linear)
-    if not (filters.is_producer(layer) and not isinstance(
-            layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D))):
+    """A producer (not separable) or depthwise conv without an activation of its own."""
+    if not (isinstance(layer, layer_roles.DEPTHWISE) or (
+            filters.is_producer(layer) and not isinstance(layer, layer_roles.SEPARABLE))):
         return False
     return layer.activation in (None, keras.activations.linear)
 
@@ -40,13 +36,14 @@ def _pairs(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.La
             continue
         axis = layer.axis if isinstance(layer.axis, int) else (
             layer.axis[0] if len(layer.axis) == 1 else None)
-        rank = len(layer.input.shape) if len(layer._inbound_nodes) == 1 else None
+        single = keras_internals.inbound_node_count(layer) == 1
+        rank = len(layer.input.shape) if single else None
         if rank is None or axis is None or axis % rank != rank - 1:
             continue
-        history = layer.input._keras_history
-        producer = history.operation
-        if (_foldable_producer(producer) and len(producer._inbound_nodes) == 1
-                and len(producer._outbound_nodes) == 1):
+        producer = keras_internals.producing_layer(layer.input)
+        if (producer is not None and _foldable_producer(producer)
+                and keras_internals.inbound_node_count(producer) == 1
+                and keras_internals.outbound_node_count(producer) == 1):
             pairs.append((layer, producer))
     return pairs
 
@@ -74,44 +71,34 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     folded_norms = {id(bn) for bn, _ in pairs}
     producers = {id(producer): bn for bn, producer in pairs}
 
-    def replace(layer: keras.layers.Layer):
+    def replace(layer: keras.layers.Layer, copy: cloning.LayerCopier):
         if id(layer) in folded_norms:
             return keras.layers.Identity(name=layer.name)
         if id(layer) in producers:
-            config = layer.get_config()
-            config["use_bias"] = True
-            return layer.__class__.from_config(config)
+            return copy(layer, dict(layer.get_config(), use_bias=True))
         return None
 
-    folded = cloning.clone_replacing(model, replace, copy=False, compiled=False)
-    _copy_folded(model, folded, producers)
-    return folded
+    def weights(layer: keras.layers.Layer) -> list[np.ndarray] | None:
+        if id(layer) in folded_norms:
+            return []
+        if id(layer) in producers:
+            return _folded_weights(layer, producers[id(layer)])
+        return None
+
+    return cloning.clone(model, replace=replace, weights=weights).model
 
 
-def _copy_folded(source: keras.Model, target: keras.Model,
-                 producers: dict[int, keras.layers.BatchNormalization]) -> None:
-    targets = {layer.name: layer for layer in target.layers}
-    for src in source.layers:
-        dst = targets.get(src.name)
-        if dst is None or not src.weights:
-            continue
-        if isinstance(src, keras.Model):
-            _copy_folded(src, dst, producers)
-        elif isinstance(src, keras.layers.BatchNormalization) and isinstance(
-                dst, keras.layers.Identity):
-            continue
-        elif id(src) in producers:
-            scale, shift = _scale_shift(producers[id(src)])
-            kernel = keras.ops.convert_to_numpy(src.kernel).astype("float64")
-            if isinstance(src, _DEPTHWISE):  # (k..., C, multiplier): output channel c·m + j
-                shape = kernel.shape
-                kernel = kernel.reshape(shape[:-2] + (-1,)) * scale
-                kernel = kernel.reshape(shape)
-            else:
-                axis = filters.output_axis(src)
-                kernel = kernel * scale.reshape(filters.channel_broadcast_shape(kernel.shape, axis))
-            bias = (keras.ops.convert_to_numpy(src.bias).astype("float64")
-                    if src.use_bias else np.zeros_like(shift))
-            dst.set_weights([kernel.astype("float32"), (bias * scale + shift).astype("float32")])
-        else:
-            dst.set_weights(src.get_weights())
+def _folded_weights(producer: keras.layers.Layer,
+                    bn: keras.layers.BatchNormalization) -> list[np.ndarray]:
+    """[kernel·s, (bias − μ)·s + β] of a producer followed by ``bn`` (s = γ/√(σ² + ε))."""
+    scale, shift = _scale_shift(bn)
+    kernel = keras.ops.convert_to_numpy(producer.kernel).astype("float64")
+    if isinstance(producer, layer_roles.DEPTHWISE):  # (k..., C, multiplier): channel c·m + j
+        shape = kernel.shape
+        kernel = (kernel.reshape(shape[:-2] + (-1,)) * scale).reshape(shape)
+    else:
+        axis = filters.output_axis(producer)
+        kernel = kernel * scale.reshape(filters.channel_broadcast_shape(kernel.shape, axis))
+    bias = (keras.ops.convert_to_numpy(producer.bias).astype("float64")
+            if producer.use_bias else np.zeros_like(shift))
+    return [kernel.astype("float32"), (bias * scale + shift).astype("float32")]

@@ -20,9 +20,9 @@ from typing import Any, Iterator, Sequence
 import keras
 from keras import ops
 
-from keras_tpp import cloning
+from keras_tpp import cloning, layer_roles
+from keras_tpp.graph import UnsupportedModelError
 
-_CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
 def orthp(
@@ -43,8 +43,8 @@ def orthp(
             e.g. √2 for ReLU); must be positive.
 
     Returns:
-        A new, uncompiled model (``keras.models.clone_model`` + copied weights) with
-        kernel = gain·Q, Q as in the module docstring.
+        A new, uncompiled model (:func:`keras_tpp.cloning.clone`) with kernel = gain·Q,
+        Q as in the module docstring.
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model; got {type(model)!r}.")
@@ -54,19 +54,19 @@ def orthp(
         raise ValueError(f"`gain` must be a positive number; got {gain!r}.")
     chosen = _selected_paths(model, layers)
 
-    try:
-        clone = cloning.uncompiled(keras.models.clone_model(model))
-    except Exception as err:  # subclassed models cannot be cloned from their graph
-        raise ValueError(
-            f"orthp needs a Sequential or Functional model it can clone; cloning failed: {err}"
-        ) from err
-    clone.set_weights(model.get_weights())
+    selected = {id(layer) for path, layer in _walk(model) if path in chosen}
 
-    for path, layer in _walk(clone):
-        if path in chosen:
-            kernel = layer.kernel
-            kernel.assign(ops.cast(orthogonal_factor(kernel, gain), kernel.dtype))
-    return clone
+    def weights(layer: keras.layers.Layer) -> list | None:
+        if id(layer) not in selected:
+            return None
+        return [keras.ops.convert_to_numpy(orthogonal_factor(v, gain)) if v is layer.kernel
+                else keras.ops.convert_to_numpy(v) for v in layer.weights]
+
+    try:
+        return cloning.clone(model, weights=weights).model
+    except UnsupportedModelError as err:  # subclassed models have no graph to clone
+        raise ValueError(f"orthp needs a Sequential or Functional model it can clone: {err}") \
+            from err
 
 
 def orthogonal_factor(kernel: Any, gain: float = 1.0) -> Any:
@@ -100,7 +100,7 @@ def _walk(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.lay
 def _supported(layer: keras.layers.Layer) -> bool:
     if isinstance(layer, keras.layers.Dense):
         return True
-    return isinstance(layer, _CONV_TYPES) and int(getattr(layer, "groups", 1)) == 1
+    return isinstance(layer, layer_roles.CONV) and int(getattr(layer, "groups", 1)) == 1
 
 
 def _selected_paths(model: keras.Model, layers: Sequence[str] | str | None) -> set[str]:

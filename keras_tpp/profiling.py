@@ -25,13 +25,13 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from keras_tpp import cloning
 from keras_tpp.graph import CallSite, walk
-
-_L = keras.layers
-_CONV = (_L.Conv1D, _L.Conv2D, _L.Conv3D)
-_TRANSPOSE = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
-_SEPARABLE = (_L.SeparableConv1D, _L.SeparableConv2D)
-_DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
+from keras_tpp.layer_roles import CONV as _CONV
+from keras_tpp.layer_roles import DENSE as _DENSE
+from keras_tpp.layer_roles import DEPTHWISE as _DEPTHWISE
+from keras_tpp.layer_roles import SEPARABLE as _SEPARABLE
+from keras_tpp.layer_roles import TRANSPOSE as _TRANSPOSE
 
 
 def _prod(values: Sequence[Any]) -> int:
@@ -55,7 +55,7 @@ def layer_macs(layer: keras.layers.Layer, input_shape: tuple, output_shape: tupl
         groups = int(getattr(layer, "groups", 1) or 1)
         return (_prod(output_shape[1:-1]) * _prod(layer.kernel_size)
                 * int(input_shape[-1]) // groups * int(output_shape[-1]))
-    if isinstance(layer, _L.Dense):
+    if isinstance(layer, _DENSE):
         return _prod(input_shape[1:-1]) * int(input_shape[-1]) * int(output_shape[-1])
     return 0
 
@@ -67,10 +67,9 @@ def _with_input_shape(model: keras.Model, input_shape: Any) -> keras.Model:
     if len(shapes) != len(originals):
         raise ValueError(f"Model '{model.name}' has {len(originals)} inputs; got "
                          f"{len(shapes)} input shapes.")
-    inputs = [keras.Input(shape=tuple(s), dtype=t.dtype, name=t.name)
-              for s, t in zip(shapes, originals)]
-    structure = inputs[0] if len(inputs) == 1 else inputs
-    return keras.models.clone_model(model, input_tensors=structure)
+    full = [(None,) + tuple(s) for s in shapes]
+    return cloning.clone(model, input_shapes=lambda m: full if m is model else None,
+                         copy_weights=False).model
 
 
 def _input_shapes(model: keras.Model, input_shape: Any) -> list[tuple]:

@@ -1,10 +1,10 @@
-"""prepare / get_masks / apply_masks / strip: the user-facing pruning workflow.
+"""prepare: a new model whose prunable layers carry masks and the method's penalties.
 
     pmodel = keras_tpp.prepare(model, pruning_ratio=0.5, method="tpp")
     pmodel.compile(...); pmodel.fit(..., callbacks=[keras_tpp.TPPCallback(...)])
-    keras_tpp.get_masks(pmodel)      # {layer path: bool array of kept output channels}
-    keras_tpp.apply_masks(pmodel)    # zero pruned filters, biases, BN γ/β now
-    plain = keras_tpp.strip(pmodel)  # plain Keras model, same shapes
+
+What comes after training (reading and applying masks, stripping the wrappers) is in
+:mod:`keras_tpp.prepared`; removing channels is :mod:`keras_tpp.surgery`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from keras_tpp import cloning, importance, methods, selection
-from keras_tpp.graph import ChannelGroup, DependencyGraph, iter_layers
+from keras_tpp.graph import ChannelGroup, DependencyGraph
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
 
@@ -123,14 +123,14 @@ def prepare(
             wrap[id(norm)][1][slot.offset:slot.offset + plan.group.size] &= plan.keep_mask
     masks = {}  # id(wrapper) -> keep-mask, set once the clone exists
 
-    def replace(layer: keras.layers.Layer):
+    def replace(layer: keras.layers.Layer, copy: cloning.LayerCopier):
         entry = wrap.get(id(layer))
         if entry is None:
             return None
         plan, keep = entry
         producer = not is_norm(layer)
         wrapper = PruningWrapper(
-            cloning.fresh_copy(layer),
+            copy(layer),
             method=spec.name,
             gram_coefficient=gram_coefficient if (producer and spec.gram) else 0.0,
             l2_penalty=spec.l2 if producer else spec.norm_l2,
@@ -140,97 +140,7 @@ def prepare(
         masks[id(wrapper)] = keep
         return wrapper
 
-    pmodel = cloning.clone_replacing(model, replace)
+    pmodel = cloning.clone(model, replace=replace, compiled=True).model
     for wrapper in find_wrappers(pmodel):
         wrapper.keep_mask.assign(masks[id(wrapper)].astype("float32"))
     return pmodel
-
-
-def wrappers_by_path(model: keras.Model) -> dict[str, PruningWrapper]:
-    """{layer path: PruningWrapper} of a model, e.g. ``{"conv": ..., "backbone/conv": ...}``.
-
-    Paths join the names from the top model down with "/", so layers of nested models that
-    share a name with another layer keep distinct keys.
-    """
-    found = {}
-    for ref in iter_layers(model):
-        if isinstance(ref.layer, PruningWrapper):
-            found[ref.path_str] = ref.layer
-    return found
-
-
-def _require_prepared(model: keras.Model, what: str) -> dict[str, PruningWrapper]:
-    wrappers = wrappers_by_path(model) if isinstance(model, keras.Model) else {}
-    if not wrappers:
-        name = getattr(model, "name", type(model).__name__)
-        raise ValueError(
-            f"{what} needs a model returned by keras_tpp.prepare(); model '{name}' has no "
-            "PruningWrapper layers.")
-    return wrappers
-
-
-def get_masks(model: keras.Model, include_norms: bool = False) -> dict[str, np.ndarray]:
-    """{producer layer path: bool array (N,), True = kept} of a prepared model.
-
-    Keys are layer paths ("conv1", or "backbone/conv1" inside a nested model), the keys
-    :func:`keras_tpp.shrink` accepts in a plan. With ``include_norms`` the wrapped batch
-    norms are listed too.
-
-    Example:
-        >>> masks = keras_tpp.get_masks(pmodel)
-        >>> thin = keras_tpp.shrink(keras_tpp.strip(pmodel), masks)  # False = removed
-    """
-    return {
-        path: keras.ops.convert_to_numpy(w.keep_mask.value) > 0.5
-        for path, w in _require_prepared(model, "get_masks").items()
-        if include_norms or w.is_producer
-    }
-
-
-def apply_masks(model: keras.Model, enforce: bool = True) -> None:
-    """Zero the pruned filters, their biases and the following BN γ/β now.
-
-    With ``enforce`` (default) the pruned entries are also held at zero by the variables'
-    constraints during any further training.
-    """
-    for wrapper in _require_prepared(model, "apply_masks").values():
-        wrapper.zero_pruned()
-        if enforce:
-            wrapper.enforce.assign(1.0)
-
-
-def check_pruned_channels_zero(model: keras.Model) -> None:
-    """Raise ValueError unless every pruned filter, bias and BN γ/β of ``model`` is zero.
-
-    Removing channels that are not zero would change the network's outputs; the explicit
-    step that zeroes them is :func:`apply_masks` (or the end of the pruning schedule).
-    """
-    for path, wrapper in _require_prepared(model, "shrink").items():
-        mask = keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
-        for variable, axis in wrapper.masked_variables():
-            value = keras.ops.convert_to_numpy(variable.value)
-            pruned = np.take(value, np.flatnonzero(~mask), axis=axis % value.ndim)
-            if np.any(pruned != 0):
-                raise ValueError(
-                    f"Layer '{path}' still has non-zero pruned channels in "
-                    f"'{variable.name}': removing them would change the model's outputs. "
-                    "Call keras_tpp.apply_masks(model) first, or train until the pruning "
-                    "schedule's pruned phase.")
-
-
-def strip(model: keras.Model) -> keras.Model:
-    """A plain, uncompiled Keras model with the same architecture and weights, without
-    keras_tpp objects.
-
-    The pruned channels are still there (zero after :func:`apply_masks`); use
-    :func:`keras_tpp.shrink` to remove them physically. The pruning stage's optimizer is not
-    carried over: compile the result for fine-tuning.
-    """
-    _require_prepared(model, "strip")
-
-    def replace(layer: keras.layers.Layer):
-        if isinstance(layer, PruningWrapper):
-            return cloning.fresh_copy(layer.layer)
-        return None
-
-    return cloning.clone_replacing(model, replace, compiled=False)

@@ -428,7 +428,7 @@ def test_thin_model_exports_smaller(tmp_path):
 
 
 def test_shrink_prepared_model():
-    from keras_tpp import workflow as prep
+    import keras_tpp as prep
 
     model = models.cifar_resnet(20)
     _randomize(model)

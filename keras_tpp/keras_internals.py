@@ -1,0 +1,100 @@
+"""The one module of keras_tpp that reads Keras internals.
+
+Keras 3 has no public API for a functional model's call graph, for the functional class
+itself, or for rebuilding a user's in-memory Lambda layer; keras_tpp needs all three. Every
+private access lives here, each with what it reads and the Keras version it was checked
+against, so that a Keras upgrade breaks this file and nothing else.
+
+Checked against Keras 3.15.1 (and the 3.6–3.15 range the package declares).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import keras
+
+#: The Keras version every access below was checked against.
+CHECKED_KERAS_VERSION = "3.15.1"
+
+try:  # keras/src/models/functional.py: the class behind keras.Model(inputs, outputs).
+    from keras.src.models.functional import Functional
+except ImportError:  # pragma: no cover - a future Keras layout
+    Functional = keras.Model
+
+try:  # keras/src/saving/serialization_lib.py: the scope that lifts safe_mode.
+    from keras.src.saving.serialization_lib import SafeModeScope as _SafeModeScope
+except ImportError:  # pragma: no cover
+    _SafeModeScope = None
+
+
+def is_functional_class(model: Any) -> bool:
+    """True for functional models (``keras.Model(inputs, outputs)``), not for Sequential."""
+    return isinstance(model, Functional) and Functional is not keras.Model
+
+
+def sequential_graph(model: keras.Sequential) -> Any:
+    """The functional model a built Sequential keeps (``Sequential._functional``), or None."""
+    return getattr(model, "_functional", None)
+
+
+def nodes_by_depth(graph: Any) -> dict[int, list]:
+    """``Functional._nodes_by_depth``: {depth: [Node]}, outputs at depth 0."""
+    return graph._nodes_by_depth
+
+
+def node_call(node: Any, values: dict[int, Any]) -> tuple[tuple, dict]:
+    """(args, kwargs) of a node's call with its input tensors replaced by ``values``
+    (keyed by ``id(tensor)``): ``Node.arguments.fill_in``."""
+    return node.arguments.fill_in(values)
+
+
+def producing_layer(tensor: Any) -> Any:
+    """The operation that produced a symbolic tensor (``tensor._keras_history``), or None."""
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation if history else None
+
+
+def inbound_node_count(layer: keras.layers.Layer) -> int:
+    """How many times ``layer`` was called in functional graphs (``_inbound_nodes``)."""
+    return len(layer._inbound_nodes)
+
+
+def outbound_node_count(layer: keras.layers.Layer) -> int:
+    """How many layer calls consume ``layer``'s outputs (``_outbound_nodes``)."""
+    return len(layer._outbound_nodes)
+
+
+def lambda_output_shape(layer: keras.layers.Lambda) -> Any:
+    """The ``output_shape`` argument a Lambda layer was built with (``_output_shape``)."""
+    return layer._output_shape
+
+
+@contextlib.contextmanager
+def unsafe_deserialization() -> Iterator[None]:
+    """Allow ``from_config`` of a Lambda's Python function.
+
+    Used only to copy a user's own in-memory Lambda (not a file from elsewhere), where Keras'
+    safe-mode refusal does not apply.
+    """
+    if _SafeModeScope is None:  # pragma: no cover
+        yield
+        return
+    with _SafeModeScope(False):
+        yield
+
+
+def flatten_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model`` and of the models and wrappers inside it
+    (``Layer._flatten_layers(include_self=False, recursive=True)``)."""
+    return model._flatten_layers(include_self=False, recursive=True)
+
+
+def compile_metrics(model: keras.Model) -> Any:
+    """The compiled metrics container of a model (``Trainer._compile_metrics``), or None."""
+    return getattr(model, "_compile_metrics", None)
+
+
+def symbolic_build_function(model: keras.Model) -> Any:
+    """``Trainer._symbolic_build`` (builds metrics and optimizer from a batch), or None."""
+    return getattr(model, "_symbolic_build", None)

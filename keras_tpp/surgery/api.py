@@ -1,0 +1,162 @@
+"""Surgery's public functions: zero_channels, shrink, make_plan, prune (see
+:mod:`keras_tpp.surgery`)."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import keras
+import numpy as np
+
+from keras_tpp import cloning, prepared, selection
+from keras_tpp.graph import DependencyGraph, iter_layers
+from keras_tpp.surgery.constants import propagate
+from keras_tpp.surgery.edits import Surgeon, as_numpy
+from keras_tpp.surgery.plan import Plan, plan_from_masks, resolve_plan
+
+
+def check_finite(model: keras.Model) -> None:
+    """Raise ValueError naming the first layer whose weights hold NaN or infinity.
+
+    Surgery on diverged weights would produce a model that silently outputs NaN; this is
+    checked before anything is built.
+    """
+    for ref in iter_layers(model):
+        for variable in ref.layer.weights:
+            value = as_numpy(variable)
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                bad = int(np.size(value) - np.isfinite(value).sum())
+                raise ValueError(
+                    f"Layer '{ref.path_str}' has {bad} non-finite value(s) (NaN or infinity) "
+                    f"in '{variable.name}': training diverged. Restore the last finite "
+                    "weights (a checkpoint or backup) before pruning surgery.")
+
+
+
+def zero_channels(model: keras.Model, plan: Plan, *,
+                  on_unsupported: str = "raise") -> keras.Model:
+    """The masked model: a copy of ``model`` with the plan's channels zeroed.
+
+    Sets to zero, for every planned channel, the producers' output filters and biases and
+    each follower's per-channel parameters (BatchNormalization γ, β and moving mean;
+    depthwise kernel and bias; PReLU α), so the channel is exactly zero after every follower
+    in inference mode. Raises ValueError (nothing built) for invalid plans.
+    """
+    graph = DependencyGraph(model, on_unsupported=on_unsupported)
+    surgeon = Surgeon(graph, resolve_plan(graph, plan))
+    return cloning.clone(model, weights=surgeon.zeroed_weights).model
+
+
+def shrink(model: keras.Model, plan: Plan | None = None, *,
+           on_unsupported: str = "raise") -> keras.Model:
+    """The thin model: a plain functional Keras model without the plan's channels.
+
+    Args:
+        model: a functional/Sequential model (read only). With ``plan=None`` it must be a
+            keras_tpp prepared model whose pruned channels are already zero (after
+            :func:`keras_tpp.apply_masks` or the end of the pruning schedule): its masks
+            give the plan, and the thin model's outputs equal the prepared model's.
+        plan: {producer name or "outer/inner" path: output channel indices to remove, or a
+            boolean keep-mask of length N (True = kept, False = removed), as
+            :func:`keras_tpp.get_masks` returns}.
+        on_unsupported: see :class:`keras_tpp.graph.DependencyGraph`.
+    Returns:
+        A new, uncompiled model computing what ``model`` computes with the planned
+        producers' outputs zero (exactly the masked model's outputs when ``model`` is
+        masked).
+    Raises:
+        ValueError: unknown names, out-of-range/duplicate-conflicting/all-channel entries,
+            unprunable groups, removed channels whose non-zero value cannot be folded, or
+            non-finite weights (checked first).
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"shrink expects a keras.Model, got {type(model).__name__}.")
+    check_finite(model)
+    if plan is None:
+        prepared.check_pruned_channels_zero(model)
+        plan = plan_from_masks(prepared.get_masks(model))
+        return shrink(prepared.strip(model), plan, on_unsupported=on_unsupported)
+    graph = DependencyGraph(model, on_unsupported=on_unsupported)
+    surgeon = Surgeon(graph, resolve_plan(graph, plan))
+    propagate(surgeon)
+    return _build_thin(surgeon)
+
+
+def _build_thin(surgeon: Surgeon) -> keras.Model:
+    """Rebuild the graph's model with the surgeon's configs and weights."""
+    graph = surgeon.graph
+
+    def input_shapes(model: keras.Model) -> list[tuple] | None:
+        if model is graph.model:
+            return None
+        _, layouts = graph.nested_inputs[id(model)]
+        return [tuple(t.shape[:-1]) + (surgeon.kept_channels(layout),)
+                for t, layout in zip(keras.tree.flatten(model.inputs), layouts)]
+
+    return cloning.clone(graph.model, config=surgeon.new_config, input_shapes=input_shapes,
+                         weights=surgeon.new_weights).model
+
+
+def make_plan(
+    model: keras.Model,
+    pruning_ratio: float | Mapping[str, float],
+    *,
+    method: str = "l1",
+    layers: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    seed: int | None = None,
+    round_to: int | None = None,
+    graph: DependencyGraph | None = None,
+) -> dict[str, np.ndarray]:
+    """Choose the channels :func:`prune` removes: {first producer's path: indices}.
+
+    Each prunable group (restricted to groups with a producer matching one of the ``layers``
+    fnmatch patterns, by name or "outer/inner" path) loses ceil(ratio·N) channels, at least
+    one kept. ``pruning_ratio`` is a float or {pattern: ratio} (the first matching pattern
+    wins; groups matching none are left alone); ``exclude`` patterns leave producers alone
+    (a pattern that matches no producer is an error). ``method``: "l1" (importance.group_l1_scores,
+    smallest first) or "random" (seeded uniform choice). ``round_to`` (optional)
+    rounds each group's kept channel count up to a multiple of it (e.g. 8 or 16, which CPU
+    and GPU kernels run faster on), so fewer channels than ceil(ratio·N) may be removed.
+    """
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}.")
+    methods = ("l1", "random")
+    if method not in methods:
+        raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(methods)}.")
+    seed = selection.check_seed(seed)
+    graph = graph or DependencyGraph(model)
+    ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers,
+                                            exclude=exclude)
+    chosen = selection.choose_pruned(graph, ratios, method, seed=seed, round_to=round_to)
+    by_id = {group.id: group for group in graph.groups}
+    return {by_id[gid].producers[0].path_str: indices for gid, indices in chosen.items()}
+
+
+def prune(
+    model: keras.Model,
+    pruning_ratio: float | Mapping[str, float],
+    *,
+    method: str = "l1",
+    layers: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    seed: int | None = None,
+    round_to: int | None = None,
+) -> keras.Model:
+    """One-shot structured pruning straight to a thin model.
+
+    Chooses channels with :func:`make_plan` (same arguments) and returns
+    ``shrink(zero_channels(model, plan), plan)``.
+    """
+    check_finite(model)
+    graph = DependencyGraph(model)
+    plan = make_plan(model, pruning_ratio, method=method, layers=layers, exclude=exclude,
+                     seed=seed, round_to=round_to, graph=graph)
+    if not plan:
+        ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers,
+                                                exclude=exclude)
+        raise ValueError(f"Nothing to prune in model '{model.name}': "
+                         f"{selection.nothing_to_prune_reason(graph, ratios)}.")
+    return shrink(zero_channels(model, plan), plan)
+
+
