@@ -38,6 +38,8 @@ import warnings
 import keras
 import tensorflow as tf
 
+from keras_tpp import keras_internals
+
 STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -322,7 +324,7 @@ class DistributedTrainer:
 
     @property
     def _metrics(self):
-        return getattr(self.model, "_compile_metrics", None)
+        return keras_internals.compile_metrics(self.model)
 
     def _build(self, element_spec):
         """Builds model, compiled metrics and optimizer from the data's element spec."""
@@ -332,7 +334,7 @@ class DistributedTrainer:
             metrics = self._metrics
             need = (not model.built or (metrics is not None and not metrics.built))
             if need:
-                symbolic_build = getattr(model, "_symbolic_build", None)
+                symbolic_build = keras_internals.symbolic_build_function(model)
                 if symbolic_build is None:  # pragma: no cover - older/newer Keras
                     raise RuntimeError("Build the model and its metrics before training.")
                 symbolic_build(data_batch=spec)
