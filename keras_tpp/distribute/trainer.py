@@ -1,32 +1,5 @@
-"""tf.distribute strategies and a custom training loop that works under all of them.
-
-This is a TensorFlow-only edge of keras_tpp (the pruning core is backend-agnostic).
-
-- :func:`get_strategy` — ``"default"``, ``"one_device"``, ``"mirrored"``, ``"multi_worker"``
-  or ``"tpu"`` by name.
-- :class:`DistributedTrainer` — ``fit`` / ``evaluate`` for a compiled Keras 3 model. Keras 3's
-  ``model.fit`` does not work under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585);
-  this loop does, and it works under every other strategy too. Each step is a
-  ``strategy.run`` inside a ``tf.function`` over a distributed dataset:
-
-  * loss = ``tf.nn.compute_average_loss(per-example loss, global_batch_size=...)`` +
-    ``tf.nn.scale_regularization_loss(tf.add_n(model.losses))`` — so regularizers (the
-    library's pruning penalties) count once per global step, exactly like ``model.fit``;
-  * ``model.optimizer.apply_gradients`` — which all-reduces the gradients, applies variable
-    *constraints* (the library's masks) after the update and increments
-    ``optimizer.iterations`` once per global step;
-  * compiled metrics are evaluated statelessly per replica and summed across replicas, so
-    no distributed metric variable is ever read (the part that breaks ``fit``).
-
-  Keras callbacks are driven through ``keras.callbacks.CallbackList`` with the same hooks
-  and logs as ``model.fit`` (``loss``, metric names, ``val_*``), so CSVLogger, TensorBoard,
-  ModelCheckpoint, EarlyStopping, LR schedulers and keras_tpp's schedule callback work
-  unchanged. ``backup_dir`` gives BackupAndRestore-style fault tolerance that is
-  multi-worker aware.
-
-Conventions: datasets yield GLOBAL batches (see :mod:`keras_tpp.data.common`); the model
-and its optimizer must be created and compiled inside ``strategy.scope()``.
-"""
+"""DistributedTrainer: fit / evaluate for a compiled Keras 3 model under any tf.distribute
+strategy, multi-worker included (see :mod:`keras_tpp.distribute`)."""
 from __future__ import annotations
 
 import json
@@ -39,240 +12,16 @@ import keras
 import tensorflow as tf
 
 from keras_tpp import keras_internals
-
-STRATEGY_NAMES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-
-
-# --------------------------------------------------------------------------- strategies
-
-
-def get_strategy(
-    name: str = "default",
-    *,
-    devices=None,
-    tpu: str | None = None,
-    communication: str = "auto",
-    cluster_resolver=None,
-) -> tf.distribute.Strategy:
-    """Returns the ``tf.distribute`` strategy called ``name``.
-
-    Args:
-      name: one of :data:`STRATEGY_NAMES`:
-
-        * ``"default"`` — the default (no-op) strategy: one device;
-        * ``"one_device"`` — ``OneDeviceStrategy(devices[0])`` (default: first GPU, else CPU);
-        * ``"mirrored"`` — ``MirroredStrategy(devices)``: synchronous data parallelism on
-          the local GPUs (or the given devices, e.g. two logical CPUs);
-        * ``"multi_worker"`` — ``MultiWorkerMirroredStrategy`` configured from
-          ``$TF_CONFIG`` (or ``cluster_resolver``). Create it at program start, before any
-          other TensorFlow op. Train with :class:`DistributedTrainer`, not ``model.fit``;
-        * ``"tpu"`` — ``TPUStrategy`` through ``TPUClusterResolver(tpu=tpu)``.
-      devices: device strings for ``"mirrored"`` / ``"one_device"``.
-      tpu: TPU name or grpc address (``None``/``""`` = the local or configured TPU).
-      communication: collective implementation for ``"multi_worker"``: ``"auto"``,
-        ``"ring"`` or ``"nccl"``.
-      cluster_resolver: optional cluster resolver for ``"multi_worker"``.
-
-    Strategies other than ``"default"`` are created once per process and configuration and
-    then reused: TensorFlow's collective runtime cannot tell two MirroredStrategy objects
-    over the same devices apart.
-
-    Raises:
-      ValueError: unknown ``name`` or ``communication``.
-      RuntimeError: ``"tpu"`` requested but no TPU can be reached.
-    """
-    name = str(name).lower().replace("-", "_")
-    if name not in STRATEGY_NAMES:
-        raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGY_NAMES}.")
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if isinstance(devices, str):
-        devices = [devices]
-    key = (name, tuple(devices) if devices else None, tpu, communication,
-           id(cluster_resolver) if cluster_resolver is not None else None)
-    if key not in _STRATEGY_CACHE:
-        _STRATEGY_CACHE[key] = _create_strategy(name, devices, tpu, communication,
-                                                cluster_resolver)
-    return _STRATEGY_CACHE[key]
-
-
-# One strategy object per configuration and process: two MirroredStrategy objects over the
-# same devices allocate the same collective group/instance keys, and TensorFlow's collective
-# runtime then mixes up their ops ("Shape mismatch in the collective instance ..."); a
-# MultiWorkerMirroredStrategy or TPU system must be set up only once per process anyway.
-_STRATEGY_CACHE: dict = {}
-
-
-def _create_strategy(name, devices, tpu, communication, cluster_resolver):
-    if name == "one_device":
-        if devices:
-            device = devices[0]
-        else:
-            device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
-        return tf.distribute.OneDeviceStrategy(device)
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        implementations = {
-            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
-            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
-            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
-        }
-        if communication not in implementations:
-            raise ValueError(f"communication must be one of {tuple(implementations)}, "
-                             f"got {communication!r}.")
-        options = tf.distribute.experimental.CommunicationOptions(
-            implementation=implementations[communication])
-        return tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=cluster_resolver, communication_options=options)
-    # tpu
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise RuntimeError(
-            f"strategy 'tpu' requested but no TPU could be reached (tpu={tpu!r}): {e}") from e
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def worker_info(strategy: tf.distribute.Strategy | None = None) -> tuple[str | None, int, bool]:
-    """``(task_type, task_id, is_chief)`` of this process under ``strategy``.
-
-    Single-process strategies report ``(None, 0, True)``. In a multi-worker cluster the
-    chief is the ``"chief"`` task, or ``worker`` 0 when the cluster has no chief task.
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None) if resolver is not None else None
-    task_id = getattr(resolver, "task_id", None) if resolver is not None else None
-    task_id = int(task_id or 0)
-    if task_type is None:
-        return None, task_id, True
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-    if task_type == "chief":
-        chief = True
-    elif task_type == "worker":
-        chief = "chief" not in cluster and task_id == 0
-    else:
-        chief = False
-    return task_type, task_id, chief
-
-
-def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
-    """Whether this process should write shared outputs (logs, checkpoints, reports)."""
-    return worker_info(strategy)[2]
-
-
-def scaled_learning_rate(base_lr: float, global_batch_size: int,
-                         base_batch_size: int) -> float:
-    """Linear scaling rule: ``base_lr · global_batch_size / base_batch_size``."""
-    return float(base_lr) * float(global_batch_size) / float(base_batch_size)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _unpack(batch):
-    """``(x, y[, sample_weight])`` → ``(x, y, sample_weight or None)``."""
-    if isinstance(batch, (list, tuple)):
-        if len(batch) == 2:
-            return batch[0], batch[1], None
-        if len(batch) == 3:
-            return batch[0], batch[1], batch[2]
-    raise ValueError(
-        "DistributedTrainer needs datasets of (x, y) or (x, y, sample_weight) batches; got "
-        f"an element of type {type(batch).__name__}.")
-
-
-def _local_spec(spec):
-    """A per-replica TensorSpec structure from a (possibly PerReplica) element_spec."""
-    def one(s):
-        value_specs = getattr(s, "_value_specs", None)
-        return value_specs[0] if value_specs else s
-    return tf.nest.map_structure(one, spec)
-
-
-def _per_example_loss_fn(model):
-    """A function (y_true, y_pred) → per-example losses from the compiled ``model.loss``."""
-    loss = getattr(model, "loss", None)
-    if isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
-    if isinstance(loss, (list, tuple)) and len(loss) == 1:
-        loss = loss[0]
-    if loss is None:
-        raise ValueError("DistributedTrainer: compile the model with a loss "
-                         "(model.compile(optimizer=..., loss=..., metrics=...)).")
-    if isinstance(loss, (list, tuple, dict)):
-        raise NotImplementedError(
-            "DistributedTrainer supports single-output models with one loss; got "
-            f"{type(loss).__name__} of {len(loss)} losses.")
-    if not isinstance(loss, keras.losses.Loss):
-        loss = keras.losses.get(loss)
-    if isinstance(loss, keras.losses.Loss):
-        loss_obj = loss
-
-        def per_example(y_true, y_pred):
-            y_pred = tf.convert_to_tensor(y_pred)
-            return loss_obj.call(y_true, y_pred)
-    else:
-        per_example = loss
-
-    def fn(y_true, y_pred):
-        values = tf.convert_to_tensor(per_example(y_true, y_pred))
-        values = tf.cast(values, tf.float32) if values.dtype != tf.float64 else values
-        if values.shape.rank is not None and values.shape.rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-        return values
-
-    return fn
-
-
-def _pad_empty_batch(x, y, sample_weight, local_n):
-    """Replaces an empty replica batch by one all-zero example.
-
-    Returns ``(x, y, sample_weight, loss_weight, empty)``: ``loss_weight`` is 0 for the dummy
-    example (1 or the given weights otherwise) and ``empty`` says whether it was inserted.
-    """
-    empty = tf.equal(local_n, 0)
-
-    def pad(t):
-        t = tf.convert_to_tensor(t)
-        dummy_shape = tf.concat([[1], tf.shape(t)[1:]], axis=0)
-        return tf.cond(empty, lambda: tf.zeros(dummy_shape, t.dtype), lambda: t)
-
-    x, y = tf.nest.map_structure(pad, x), tf.nest.map_structure(pad, y)
-    keep = tf.cast(tf.logical_not(empty), tf.float32)
-    if sample_weight is None:
-        loss_weight = tf.fill([tf.shape(_first_leaf(x))[0]], keep)
-    else:
-        sample_weight = pad(sample_weight)
-        loss_weight = tf.cast(sample_weight, tf.float32) * keep
-    return x, y, sample_weight, loss_weight, empty
-
-
-def _first_leaf(structure):
-    return next(t for t in tf.nest.flatten(structure) if t is not None)
-
-
-def _is_distributed_dataset(data) -> bool:
-    return isinstance(data, (tf.distribute.DistributedDataset,))
-
-
-def _pythonify(logs):
-    out = {}
-    for key, value in logs.items():
-        if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "numpy"):
-            value = value.numpy()
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            pass
-        out[key] = value
-    return out
-
-
-# --------------------------------------------------------------------------- trainer
+from keras_tpp.distribute.batches import (
+    first_leaf,
+    is_distributed_dataset,
+    local_spec,
+    pad_empty_batch,
+    per_example_loss_fn,
+    pythonify,
+    unpack,
+)
+from keras_tpp.distribute.strategies import is_chief, worker_info
 
 
 class DistributedTrainer:
@@ -314,7 +63,7 @@ class DistributedTrainer:
                              f"it on {self.strategy.num_replicas_in_sync} replicas.")
         self.model = model
         self.checkpoint_objects = dict(checkpoint_objects or {})
-        self._loss_fn = _per_example_loss_fn(model)
+        self._loss_fn = per_example_loss_fn(model)
         self._train_function = None
         self._test_function = None
         self._checkpoint = None
@@ -329,7 +78,7 @@ class DistributedTrainer:
     def _build(self, element_spec):
         """Builds model, compiled metrics and optimizer from the data's element spec."""
         model = self.model
-        spec = _local_spec(element_spec)
+        spec = local_spec(element_spec)
         with self.strategy.scope():
             metrics = self._metrics
             need = (not model.built or (metrics is not None and not metrics.built))
@@ -365,16 +114,16 @@ class DistributedTrainer:
     def _step_values(self, batch, training: bool):
         """Replica step: forward (+ backward); returns values to be summed over replicas."""
         model = self.model
-        x, y, sample_weight = _unpack(batch)
+        x, y, sample_weight = unpack(batch)
         ctx = tf.distribute.get_replica_context()
-        local_n = tf.shape(_first_leaf(x))[0]
+        local_n = tf.shape(first_leaf(x))[0]
         global_n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_n, tf.float32))
         global_n = tf.cast(tf.round(global_n), tf.int64)
         loss_weight, empty = sample_weight, None
         if not training:
             # The last evaluation batch can leave a replica with no example, and Keras layers
             # fail on empty batches: run one zero example instead and drop its contribution.
-            x, y, sample_weight, loss_weight, empty = _pad_empty_batch(
+            x, y, sample_weight, loss_weight, empty = pad_empty_batch(
                 x, y, sample_weight, local_n)
 
         with tf.GradientTape() as tape:
@@ -427,7 +176,7 @@ class DistributedTrainer:
     def _distribute(self, data):
         if data is None:
             return None, None
-        if _is_distributed_dataset(data):
+        if is_distributed_dataset(data):
             return data, data.element_spec
         if isinstance(data, tf.data.Dataset):
             return self.strategy.experimental_distribute_dataset(data), data.element_spec
@@ -596,7 +345,7 @@ class DistributedTrainer:
                     break
             if step == 0:
                 warnings.warn(f"Epoch {epoch} ran no training step (empty data?).")
-            epoch_logs = _pythonify(logs) if step else {}
+            epoch_logs = pythonify(logs) if step else {}
             if val_dist is not None and (epoch + 1) % validation_freq == 0:
                 val_logs = self._evaluate(val_dist, validation_steps, callback_list)
                 epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
@@ -633,7 +382,7 @@ class DistributedTrainer:
                 batch, loss_state, metric_state)
             callback_list.on_test_batch_end(step, logs)
             step += 1
-        logs = _pythonify(logs)
+        logs = pythonify(logs)
         callback_list.on_test_end(logs)
         return logs
 
