@@ -30,7 +30,7 @@ class _GroupPlan:
 
 
 def _plan_groups(
-    graph: DependencyGraph, ratios: dict[int, float], spec: methods.MethodSpec, seed: int | None
+    graph: DependencyGraph, ratios: dict[int, float], spec: methods.PruningMethod, seed: int | None
 ) -> list[_GroupPlan]:
     by_id = {group.id: group for group in graph.groups}
     if spec.selection == "deferred":  # the schedule picks the filters later (GReg-2)
@@ -68,8 +68,9 @@ def prepare(
         pruning_ratio: fraction of output channels to remove, in [0, 1): one float for every
             selected layer, or a mapping from layer-name patterns (fnmatch, e.g. "*_conv1")
             to ratios; only layers matched by some pattern are then pruned.
-        method: one of :data:`keras_tpp.methods.METHODS` ("tpp", "greg1", "greg2", "l1",
-            "random").
+        method: a registered method's name (:func:`keras_tpp.methods.names`: "tpp",
+            "greg1", "greg2", "l1", "random") or a :class:`keras_tpp.methods.PruningMethod`
+            instance carrying the method's options (e.g. ``methods.GReg2(kept_strength=-2e-4)``).
         layers: optional name patterns restricting which producers are pruned (default:
             every prunable Conv/Dense; a layer whose channels reach a model output, such as
             the classifier head, is never prunable).

@@ -1,0 +1,21 @@
+"""Pruning methods as objects, registered by name.
+
+Each method is one class in one module: :mod:`~keras_tpp.methods.tpp`,
+:mod:`~keras_tpp.methods.greg` (GReg-1, GReg-2), :mod:`~keras_tpp.methods.one_shot`
+(L1, random). A method says how :func:`keras_tpp.prepare` selects channels and which
+penalties it attaches (:class:`~keras_tpp.methods.base.PruningMethod`), carries its own
+options, and builds the controller that the pruning callback runs.
+
+    keras_tpp.prepare(model, 0.5, method="greg2")                           # defaults
+    keras_tpp.prepare(model, 0.5, method=keras_tpp.methods.GReg2(kept_strength=-2e-4))
+
+Adding a method is adding a module with a registered :class:`PruningMethod` subclass.
+"""
+from keras_tpp.methods.base import PruningMethod
+from keras_tpp.methods.registry import METHODS, get_method, names, register, unregister
+from keras_tpp.methods.tpp import TPP  # registration order is the order of names()
+from keras_tpp.methods.greg import GReg1, GReg2  # noqa: I001
+from keras_tpp.methods.one_shot import L1, Random
+
+__all__ = ["GReg1", "GReg2", "L1", "METHODS", "PruningMethod", "Random", "TPP", "get_method",
+           "names", "register", "unregister"]

@@ -1,0 +1,54 @@
+"""PruningMethod: what a method attaches at prepare time and which controller runs it."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from keras_tpp import controllers
+from keras_tpp.penalty_schedule import PenaltySchedule
+
+
+class PruningMethod:
+    """Base class of pruning methods; one subclass per method, registered by name.
+
+    Class attributes (what :func:`keras_tpp.prepare` reads):
+        name: the name passed as ``prepare(method=...)`` and the scripts' ``--method``.
+        description: one line for errors and docs.
+        selection: how pruned channels are chosen at prepare time: "l1" (smallest mean |w|),
+            "random" (seeded), or "deferred" (the controller picks them during training).
+        gram: attach TPP's gram decorrelation term to the producers' kernels.
+        l2: attach the masked L2 term to producers' kernels and biases.
+        norm_l2: attach the masked L2 term to γ/β of the batch norms that follow.
+
+    Instances carry the method's own options (e.g. GReg's stopping ratio) and serialize them
+    with :meth:`get_config`; the pruning callback builds the method's controller with
+    :meth:`controller`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    selection: ClassVar[str] = "l1"
+    gram: ClassVar[bool] = False
+    l2: ClassVar[bool] = False
+    norm_l2: ClassVar[bool] = False
+
+    def controller(self, wrappers: list, schedule: PenaltySchedule) -> controllers.Controller:
+        """The object that sets the wrappers' λ, masks and phase at each step."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """The method's options (empty for methods without options)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "PruningMethod":
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
