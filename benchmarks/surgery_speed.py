@@ -1,6 +1,6 @@
 """Does physical pruning pay off on CPU, and how long does the surgery take?
 
-For each model: prune it (L1, SPEC's layer sets), then measure inference latency of the
+For each model: prune it (L1, the papers' layer sets), then measure inference latency of the
 original and the thin model at batch 1 and 64 (``profiling.measure_latency``: compiled
 ``predict_on_batch``, median of ``--runs`` timed calls), next to the theoretical speed-up
 (MACs before / MACs after) and the fraction of it that is realized. For ResNet-50 it also
@@ -10,11 +10,11 @@ times the surgery itself (``shrink`` of the masked model, including the graph an
     python benchmarks/surgery_speed.py --models resnet56 --batch-sizes 1,64
     python benchmarks/surgery_speed.py --fold-bn   # also the BN-folded (deployment) forms
 
-Settings (SPEC §1):
+Settings (the TPP paper's):
 - resnet56@0.5, resnet56@0.9: cifar_resnet(56), first conv of every block ("*_conv1").
 - resnet50@2.31x: keras.applications.ResNet50(weights=None), 224×224, conv1 and conv2 of
   every bottleneck ("*_1_conv", "*_2_conv"), ratios 0.6/0.6/0.6/0.21 for conv2_x..conv5_x.
-- resnet50@2.31x/16 (extra, not SPEC's): the same with kept widths rounded up to multiples of
+- resnet50@2.31x/16 (extra, not the paper's): the same with kept widths rounded up to multiples of
   16 (``round_to=16``), which oneDNN's blocked kernels run at full efficiency.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _settings(names: list[str]) -> list[tuple[str, callable, dict, int | None]]:
             ("resnet56@0.9", lambda: models.cifar_resnet(56), {"*_conv1": 0.9}, None),
         ],
         "resnet50": [("resnet50@2.31x", _resnet50, RESNET50_2_31X, None)],
-        # Not SPEC's exact setting: kept widths rounded up to multiples of 16.
+        # Not the paper's exact setting: kept widths rounded up to multiples of 16.
         "resnet50_r16": [("resnet50@2.31x/16", _resnet50, RESNET50_2_31X, 16)],
     }
     unknown = [n for n in names if n not in table]

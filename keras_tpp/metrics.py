@@ -1,4 +1,4 @@
-"""Trainability metric of SPEC §1: singular values of the input–output Jacobian (JSV).
+"""Trainability metric of TPP (Wang & Fu, ICLR 2023): singular values of the input–output Jacobian (JSV).
 
 For each example x, J = ∂logits/∂x reshaped to K × D (K logits, D = number of input
 entries). Its min(K, D) singular values all equal 1 under perfect dynamical isometry; the

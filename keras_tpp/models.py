@@ -6,7 +6,7 @@
   option-A zero-padding variant of the papers has 0.85 M).
 - :func:`cifar_vgg` — VGG-11/13/16/19 with batch norm for CIFAR, global average pooling or a
   Flatten→Dense head.
-- :func:`mlp_linear` — SPEC §1's MLP-7-Linear: Dense 1024→100, five 100→100, 100→10, no
+- :func:`mlp_linear` — TPP's MLP-7-Linear (Wang & Fu, ICLR 2023): Dense 1024→100, five 100→100, 100→10, no
   activations.
 - :func:`small_cnn` — a tiny conv net for quick starts and tests.
 
@@ -125,7 +125,7 @@ def mlp_linear(
     hidden_layers: int = 6,
     num_classes: int = 10,
 ) -> keras.Model:
-    """SPEC §1's MLP-7-Linear: Dense ``input_dim``→``width``, five ``width``→``width``,
+    """TPP's MLP-7-Linear (Wang & Fu, ICLR 2023): Dense ``input_dim``→``width``, five ``width``→``width``,
     ``width``→``num_classes``; no activations (a deep *linear* network). Layers ``fc1``..``fc7``.
     """
     inputs = keras.Input((input_dim,), name="pixels")

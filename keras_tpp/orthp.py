@@ -1,4 +1,4 @@
-"""OrthP oracle of SPEC §1: replace pruned kernels by the orthogonal factor of their QR.
+"""OrthP oracle (Wang & Fu, ICLR 2023): replace pruned kernels by the orthogonal factor of their QR.
 
 For a kernel M of shape (m, n) (Dense: (C_in, N); Conv: reshaped to (kh·kw·C_in, N)):
 
@@ -30,7 +30,7 @@ def orthp(
     layers: Sequence[str] | str | None = None,
     gain: float = 1.0,
 ) -> keras.Model:
-    """A copy of ``model`` whose selected kernels are orthogonalized (OrthP, SPEC §1).
+    """A copy of ``model`` whose selected kernels are orthogonalized (OrthP).
 
     Args:
         model: a built Sequential or Functional model (typically the thin model after

@@ -75,7 +75,7 @@ def prepare(
             every prunable Conv/Dense; a layer whose channels reach a model output, such as
             the classifier head, is never prunable).
         exclude: optional name patterns of producers to leave alone.
-        gram_coefficient: c_gram of TPP's gram term (SPEC §1: 1000).
+        gram_coefficient: c_gram of TPP's gram term (the paper's 1000).
         seed: seed of the "random" method's choice.
         on_unsupported: "raise" (default) or "skip": what to do about layers whose effect on
             channels is unknown (Lambda, custom layers): raise naming the layer, or leave the

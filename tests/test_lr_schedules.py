@@ -1,4 +1,4 @@
-"""Retraining schedules against an independent restatement of SPEC §3's formulas."""
+"""Retraining schedules against an independent restatement of Le & Hua's (ICLR 2021) formulas."""
 import math
 
 import keras
@@ -10,7 +10,7 @@ from keras_tpp import lr_schedules as L
 ORIG_LR, ORIG_BOUNDS, ORIG_E, FACTOR = 0.1, (80, 120), 160, 0.1
 
 
-# --- SPEC §3 restated in plain python -------------------------------------------------------
+# --- Le & Hua's schedules restated in plain python -------------------------------------------------------
 
 
 def eta_orig(epoch):

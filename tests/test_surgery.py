@@ -117,7 +117,7 @@ def test_resnet56_first_convs_exact_params_and_macs():
 def test_vgg19_flatten_head():
     model = models.cifar_vgg(19, head="flatten", width_multiplier=0.125)
     _randomize(model)
-    # SPEC: every conv except the first; the classifier's inputs follow.
+    # The TPP paper's VGG-19 set: every conv except the first; the classifier's inputs follow.
     plan = make_plan(model, 0.3, layers=[f"conv{i}" for i in range(2, 17)] + ["fc1"])
     assert "conv1" not in plan and "conv16" in plan and "fc1" in plan
     _, thin = _check_equivalence(model, plan)

@@ -30,7 +30,7 @@ from keras_tpp.lr_schedules.step_decay import (
 )
 from keras_tpp.lr_schedules.steps import LRSchedule, increasing, positive_float, positive_int
 
-#: TPP fine-tuning recipes of SPEC §1: epochs, boundary epochs; LR ×0.1 at each boundary.
+#: TPP's fine-tuning recipes (Wang & Fu, ICLR 2023): epochs, boundary epochs; LR ×0.1 at each boundary.
 TPP_FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "cifar": {"epochs": 120, "boundaries": (60, 90)},
     "imagenet": {"epochs": 90, "boundaries": (30, 60, 75)},
@@ -50,7 +50,7 @@ def retraining_schedule(
     steps_per_epoch: int,
     **kwargs: Any,
 ) -> LRSchedule:
-    """A SPEC §3 retraining schedule for a budget of ``budget_epochs`` epochs.
+    """A retraining schedule of Le & Hua (ICLR 2021) for a budget of ``budget_epochs`` epochs.
 
     kind: "ft" (constant at the original schedule's last LR), "lrw" (LR rewinding), "slr"
     (scaled LR restarting: peak = original_lr, milestones = original boundaries / E, i.e. 50%
@@ -119,7 +119,7 @@ def piecewise_schedule(
 def tpp_finetune_schedule(
     steps_per_epoch: int, *, dataset: str = "cifar", initial_lr: float = 0.01
 ) -> keras.optimizers.schedules.PiecewiseConstantDecay:
-    """SPEC §1 fine-tuning LR: CIFAR 120 epochs, ×0.1 at 60 and 90; ImageNet 90 epochs,
+    """TPP's fine-tuning LR: CIFAR 120 epochs, ×0.1 at 60 and 90; ImageNet 90 epochs,
     ×0.1 at 30, 60 and 75. ``initial_lr`` 0.01 (the paper also uses 1e-3)."""
     if dataset not in TPP_FINETUNE_RECIPES:
         raise ValueError(

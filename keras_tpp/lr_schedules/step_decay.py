@@ -25,7 +25,7 @@ class OriginalSchedule:
     """The step-decay schedule a model was (pre)trained with, described in epochs.
 
     η_orig(e) = initial_learning_rate · factor^#{b ∈ boundaries : e ≥ b} for 0-based epoch e.
-    Default: SPEC §3's CIFAR schedule, 0.1 ×0.1 at epochs 80 and 120 over 160 epochs.
+    Default: Le & Hua's original CIFAR schedule, 0.1 ×0.1 at epochs 80 and 120 over 160 epochs.
     """
 
     initial_learning_rate: float = 0.1
@@ -205,7 +205,7 @@ class LRRewinding(StepDecay):
 class FineTuneSchedule(LRSchedule):
     """FT: a constant learning rate, or piecewise constant over optimizer steps.
 
-    Either ``learning_rate`` (default 0.001, the last LR of SPEC §3's original schedule; use
+    Either ``learning_rate`` (default 0.001, the last LR of Le & Hua's original schedule; use
     :meth:`from_original` for another original schedule), or ``boundaries`` (steps, strictly
     increasing, each the first step of its new value) with ``values`` of length
     ``len(boundaries) + 1``: values[i] holds for boundaries[i−1] ≤ step < boundaries[i].
