@@ -77,7 +77,7 @@ def check_pruned_channels_zero(model: keras.Model) -> None:
     Removing channels that are not zero would change the network's outputs; the explicit
     step that zeroes them is :func:`apply_masks` (or the end of the pruning schedule).
     """
-    for path, wrapper in _require_prepared(model, "shrink").items():
+    for path, wrapper in _require_prepared(model, "shrink(model) without a plan").items():
         mask = keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
         for variable, axis in wrapper.masked_variables():
             value = keras.ops.convert_to_numpy(variable.value)

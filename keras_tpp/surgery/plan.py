@@ -82,7 +82,7 @@ def resolve_plan(graph: DependencyGraph, plan: Plan) -> dict[int, np.ndarray]:
             raise ValueError(f"Plan entry '{key}' removes all {group.size} channels of "
                              f"'{ref.path_str}'; at least one must be kept.")
         if values.size and not group.prunable:
-            raise ValueError(f"Cannot prune '{ref.path_str}': its channels {group.reason}.")
+            raise ValueError(f"Cannot prune '{ref.path_str}': its channel group {group.reason}.")
         if group.id in chosen:
             other, previous = chosen[group.id]
             if not np.array_equal(previous, values):
