@@ -383,6 +383,57 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     assert not os.path.exists(backup)  # removed after a completed run
 
 
+def test_damaged_newest_backup_falls_back_and_early_stop_is_recorded(tmp_path):
+    import glob
+
+    import keras
+    import pytest
+
+    from keras_tpp.distribute import DistributedTrainer, get_strategy
+
+    strategy = get_strategy("default")
+    data = _dataset(training=True, shuffle=False, augment=False)
+    steps = NUM_EXAMPLES // GLOBAL_BATCH
+    backup = str(tmp_path / "backup")
+    with strategy.scope():
+        model = _build_model(seed=0)
+    with pytest.raises(_Interrupt):
+        DistributedTrainer(model, strategy).fit(
+            data, epochs=4, verbose=0, backup_dir=backup,
+            callbacks=[_schedule_callback(), _interrupting_callback(2, 1)])
+    # A kill while the newest checkpoint (epoch 2) was written: its data file is truncated.
+    newest = glob.glob(os.path.join(backup, "ckpt-2.data-*"))[0]
+    with open(newest, "r+b") as handle:
+        handle.truncate(os.path.getsize(newest) // 2)
+    with strategy.scope():
+        restarted = _build_model(seed=99)
+    recorder = _recorder()
+    with pytest.warns(UserWarning, match="ckpt-2 is damaged"):
+        DistributedTrainer(restarted, strategy).fit(
+            data, epochs=4, verbose=0, backup_dir=backup, delete_backup=False,
+            callbacks=[_schedule_callback(), recorder])
+    assert recorder.start_iterations == steps  # epoch 1's checkpoint
+    assert recorder.epochs == [1, 2, 3]
+
+    # A run stopped early is recorded as finished: the rerun trains no further epoch.
+    class StopAfterFirstBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.stop_training = True
+
+    stopped = str(tmp_path / "stopped")
+    with strategy.scope():
+        model = _build_model(seed=0)
+    DistributedTrainer(model, strategy).fit(data, epochs=4, verbose=0, backup_dir=stopped,
+                                            delete_backup=False,
+                                            callbacks=[StopAfterFirstBatch()])
+    with strategy.scope():
+        again = _build_model(seed=1)
+    recorder = _recorder()
+    DistributedTrainer(again, strategy).fit(data, epochs=4, verbose=0, backup_dir=stopped,
+                                            callbacks=[recorder])
+    assert recorder.epochs == [] and recorder.start_iterations == 1
+
+
 def test_keras_backup_and_restore_callback_is_honoured(tmp_path):
     import keras
     import pytest
@@ -467,8 +518,11 @@ def test_multi_worker_two_processes_identical_weights(tmp_path):
     # The chief wrote the backup (worker 1 saved to a temporary directory, now deleted).
     with open(os.path.join(backup, "training_metadata.json")) as f:
         assert json.load(f) == {"epoch": 2, "iterations": 2 * steps}
-    assert sorted(os.listdir(backup)) == ["checkpoint", "ckpt-2.data-00000-of-00001",
-                                          "ckpt-2.index", "training_metadata.json"]
+    # The two newest checkpoints are kept (the older one is the fallback if the newest is
+    # damaged); no worker's temporary directory is left in it.
+    assert sorted(os.listdir(backup)) == [
+        "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index",
+        "ckpt-2.data-00000-of-00001", "ckpt-2.index", "training_metadata.json"]
 
 
 def _worker_main(weights_path: str, backup_dir: str) -> None:

@@ -2,7 +2,6 @@
 strategy, multi-worker included (see :mod:`keras_tpp.distribute`)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -12,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_tpp import keras_internals
+from keras_tpp.experiments.atomic import atomic_write_json
 from keras_tpp.distribute.batches import (
     first_leaf,
     is_distributed_dataset,
@@ -211,13 +211,24 @@ class DistributedTrainer:
         return self._checkpoint
 
     def _restore_backup(self, backup_dir):
-        """Restores the latest backup in ``backup_dir``; returns the epoch to start at."""
+        """Restores the newest readable backup in ``backup_dir``; returns the epoch to start
+        at (None: no usable backup). A damaged checkpoint (a kill while it was written, a
+        truncated file) is skipped with a warning naming it; the previous one is used."""
         ckpt = self._get_checkpoint()
-        latest = tf.train.latest_checkpoint(backup_dir)
-        if latest is None:
-            return None
-        ckpt.restore(latest).assert_existing_objects_matched()
-        return int(self._epoch_var.numpy())
+        state = tf.train.get_checkpoint_state(backup_dir)
+        paths = list(state.all_model_checkpoint_paths) if state is not None else []
+        for path in reversed(paths):
+            try:
+                reader = tf.train.load_checkpoint(path)
+                for key in reader.get_variable_to_shape_map():
+                    reader.get_tensor(key)  # reads every tensor: checks sizes and CRCs
+            except (tf.errors.OpError, ValueError, IndexError, OSError) as err:
+                warnings.warn(f"Backup checkpoint {path} is damaged ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); trying an older one.")
+                continue
+            ckpt.restore(path).assert_existing_objects_matched()
+            return int(self._epoch_var.numpy())
+        return None
 
     def _save_backup(self, backup_dir, epoch):
         """All workers save (saving may need collectives); only the chief's copy is kept."""
@@ -228,12 +239,13 @@ class DistributedTrainer:
         # right away (outside backup_dir, so the chief's clean-up can never race with it).
         write_dir = backup_dir if chief else tempfile.mkdtemp(
             prefix=f"keras_tpp_backup_{task_type}_{task_id}_")
-        manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=1)
+        # Two checkpoints are kept: if the newest is damaged, the one before is restored.
+        manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=2)
         manager.save(checkpoint_number=epoch)
         if chief:
-            with open(os.path.join(backup_dir, "training_metadata.json"), "w") as f:
-                json.dump({"epoch": int(epoch),
-                           "iterations": int(self.model.optimizer.iterations.numpy())}, f)
+            atomic_write_json(os.path.join(backup_dir, "training_metadata.json"),
+                              {"epoch": int(epoch),
+                               "iterations": int(self.model.optimizer.iterations.numpy())})
         else:
             shutil.rmtree(write_dir, ignore_errors=True)
 
@@ -276,8 +288,12 @@ class DistributedTrainer:
             the chief writes it, the other workers save to local temporary directories that
             are deleted at once (saving is collective, so every worker must take part).
             Data iterators are not saved (as with ``BackupAndRestore``): a resumed epoch
-            starts a fresh pass over ``x``.
-          delete_backup: remove ``backup_dir`` when training completes normally.
+            starts a fresh pass over ``x``. The two newest checkpoints are kept; a damaged
+            one is skipped with a warning. A run stopped early (``stop_training``) is
+            recorded as finished, so a rerun restores it and trains no further.
+          delete_backup: remove ``backup_dir`` when training completes normally (as Keras'
+            BackupAndRestore does). Pass False, and remove it yourself once the trained model
+            is saved, if a kill between the end of ``fit`` and your save must lose nothing.
 
         A ``keras.callbacks.BackupAndRestore`` in ``callbacks`` also works for single-process
         strategies (its restored epoch is honoured); use ``backup_dir`` for multi-worker.
@@ -352,7 +368,9 @@ class DistributedTrainer:
             callback_list.on_epoch_end(epoch, epoch_logs)
             training_logs = epoch_logs
             if backup_dir is not None:
-                self._save_backup(backup_dir, epoch + 1)
+                # Stopped early (e.g. stop_when_pruned): record the run as finished, so a
+                # rerun after a kill restores it and trains no further epoch.
+                self._save_backup(backup_dir, epochs if model.stop_training else epoch + 1)
             if model.stop_training:
                 break
 
