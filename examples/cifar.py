@@ -5,8 +5,13 @@ r"""Prune a CIFAR ResNet / VGG with TPP, GReg-1/2, L1 or random pruning, in thre
     prune     → <model_dir>/pruned.keras       (the THIN model after keras_tpp.shrink)
     finetune  → <model_dir>/final.keras        (SPEC §1: 120 epochs, LR 0.01 ×0.1 at 60, 90)
 
-Every stage resumes after a kill (BackupAndRestore; DistributedTrainer's backup under
-multi_worker) and writes CSV + TensorBoard logs and <model_dir>/summary.json.
+Every stage resumes after a kill from a crash-safe backup in <model_dir>/backup/<stage>
+(keras_tpp.experiments.backup; DistributedTrainer's under multi_worker), kept until the
+stage's model and summary are written; a backup made with other flags is discarded with a
+message naming them. Each stage writes CSV + TensorBoard logs, a per-iteration CSV
+(logs/iterations/<stage>.csv, every --log_every iterations) and <model_dir>/summary.json;
+the run ends with a before/after table and <model_dir>/training.png (λ, loss and accuracy
+against iterations).
 
 Examples::
 
@@ -104,6 +109,23 @@ def check_data_flags() -> None:
                                  "a tfds data dir holding the prepared dataset")
 
 
+_REPORTED = []
+
+
+def report_extraction(data_dir: str) -> None:
+    """For an archive: extract it (once, into the cache) and say where and how many files."""
+    from keras_tpp.data.folder import extract_archive
+
+    if _REPORTED or not os.path.isfile(os.path.expanduser(data_dir)):
+        return
+    _REPORTED.append(True)
+    with common.blame("data_dir"):
+        found = extract_archive(data_dir)
+    verb = "extracted" if found.extracted_now else "using the earlier extraction of"
+    print(f"[data] {verb} {found.archive}: {found.files:,} files in {found.directory}",
+          flush=True)
+
+
 def make_data():
     from keras_tpp.data import cifar_pipeline, list_image_folder, synthetic_shapes
 
@@ -124,6 +146,7 @@ def make_data():
                     note="keras_tpp synthetic shapes (10 classes)")
         return train, test, info
     if source == "folder":
+        report_extraction(FLAGS.data_dir)
         for split in ("train", "test"):
             _, _, names = list_image_folder(FLAGS.data_dir, split)
             if len(names) != classes:
@@ -158,13 +181,15 @@ def main() -> None:
     strategy = common.setup_tensorflow(FLAGS.strategy, FLAGS.num_cpu_devices)
     import keras
 
+    from keras_tpp.experiments.runner import ScriptSpec
+
     keras.utils.set_random_seed(FLAGS.seed)
-    spec = common.ScriptSpec(
+    spec = ScriptSpec(
         name="cifar.py", build_model=build_model, make_data=make_data,
         prune_targets=prune_targets, finetune_recipe="cifar",
         pretrain_boundaries=(0.5, 0.75), finetune_boundaries=(0.5, 0.75),
         tpp_recipe_epochs=120, info={"batch_size": batch_size()})
-    common.StageRunner(spec, strategy).run()
+    common.run_stages(spec, strategy)
 
 
 if __name__ == "__main__":

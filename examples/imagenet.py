@@ -115,16 +115,18 @@ def main() -> None:
     strategy = common.setup_tensorflow(FLAGS.strategy, FLAGS.num_cpu_devices)
     import keras
 
+    from keras_tpp.experiments.runner import ScriptSpec
+
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(FLAGS.seed)
-    spec = common.ScriptSpec(
+    spec = ScriptSpec(
         name="imagenet.py", build_model=build_model, make_data=make_data,
         prune_targets=prune_targets, finetune_recipe="imagenet",
         pretrain_boundaries=(1 / 3, 2 / 3, 8 / 9), finetune_boundaries=(1 / 3, 2 / 3, 5 / 6),
         tpp_recipe_epochs=90,
         info={"preset": FLAGS.preset, "mixed_precision": FLAGS.mixed_precision})
-    common.StageRunner(spec, strategy).run()
+    common.run_stages(spec, strategy)
 
 
 if __name__ == "__main__":

@@ -142,10 +142,10 @@ def plot(results: dict, rates: list, path: str) -> None:
     ax2.set_ylabel("mean JSV right after pruning")
     ax2.set_title("trainability (1 = isometry)")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    from keras_tpp.experiments import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -155,6 +155,7 @@ def main() -> None:
 
     import keras_tpp
     from keras_tpp import lr_schedules
+    from keras_tpp.experiments.training import compile_classifier, logging_callbacks, sgd
     from keras_tpp.metrics import jacobian_singular_values
 
     start = time.time()
@@ -170,10 +171,10 @@ def main() -> None:
         data = dict(x=x_train, y=y_train, batch_size=batch, shuffle=True)
         if steps is not None:  # a schedule of a given length: cycle the data
             ds = keras_tpp_dataset().repeat()
-            data = dict(x=ds, steps_per_epoch=steps)
+            data = dict(x=ds, steps_per_epoch=steps, shuffle=False)  # shuffled by tf.data
         model.fit(**data, epochs=epochs, validation_data=(x_test, y_test),
                   verbose=FLAGS.verbose,
-                  callbacks=list(callbacks) + common.logging_callbacks(log_dir, name, False))
+                  callbacks=list(callbacks) + logging_callbacks(log_dir, name, False))
 
     def keras_tpp_dataset():
         import tensorflow as tf
@@ -182,8 +183,8 @@ def main() -> None:
                 .shuffle(len(x_train), seed=FLAGS.seed).batch(batch, drop_remainder=True))
 
     def accuracy(model):
-        if model.optimizer is None:
-            common.compile_classifier(model, common.sgd(0.0))
+        if getattr(model, "optimizer", None) is None:  # e.g. shrink's uncompiled model
+            compile_classifier(model, sgd(0.0))
         return float(model.evaluate(x_test, y_test, verbose=0, batch_size=1000,
                                     return_dict=True)["accuracy"])
 
@@ -201,7 +202,7 @@ def main() -> None:
     print(f"== pretrain MLP-7-Linear: {FLAGS.epochs} epochs on {len(x_train)} images",
           flush=True)
     dense = keras_tpp.models.mlp_linear()
-    common.compile_classifier(dense, common.sgd(lr_schedules.StepDecay(
+    compile_classifier(dense, sgd(lr_schedules.StepDecay(
         FLAGS.lr, [0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs], 0.1, steps_per_epoch)))
     fit(dense, FLAGS.epochs, "pretrain")
     dense_acc = accuracy(dense)
@@ -219,7 +220,7 @@ def main() -> None:
     tpp_iterations = None
     if "tpp" in methods:
         pmodel = keras_tpp.prepare(dense, ratio, method="tpp")
-        common.compile_classifier(pmodel, common.sgd(FLAGS.prune_lr))
+        compile_classifier(pmodel, sgd(FLAGS.prune_lr))
         callback = keras_tpp.PruningCallback(
             delta=FLAGS.delta, interval=FLAGS.interval, ceiling=FLAGS.ceiling,
             stabilize_steps=FLAGS.stabilize_steps, stop_when_pruned=True, verbose=1)
@@ -245,7 +246,7 @@ def main() -> None:
                   flush=True)
             retrained = keras.models.clone_model(model)
             retrained.set_weights(model.get_weights())
-            common.compile_classifier(retrained, common.sgd(rate))
+            compile_classifier(retrained, sgd(rate))
             fit(retrained, FLAGS.retrain_epochs, f"{name}_lr{rate:g}")
             results[name]["retrained"][f"{rate:g}"] = accuracy(retrained)
 

@@ -60,6 +60,13 @@ def main() -> None:
     import keras_tpp
     from keras_tpp import lr_schedules
     from keras_tpp.data import cifar_pipeline, synthetic_shapes
+    from keras_tpp.experiments import before_after_rows, format_table
+    from keras_tpp.experiments.training import (
+        compile_classifier,
+        label_masks,
+        logging_callbacks,
+        sgd,
+    )
 
     start = time.time()
     keras.utils.set_random_seed(FLAGS.seed)
@@ -76,7 +83,8 @@ def main() -> None:
 
     def fit(model, epochs, name, callbacks=()):
         model.fit(train, epochs=epochs, validation_data=test, verbose=verbose,
-                  callbacks=list(callbacks) + common.logging_callbacks(log_dir, name, False))
+                  shuffle=False,  # a tf.data.Dataset: shuffled by the pipeline
+                  callbacks=list(callbacks) + logging_callbacks(log_dir, name, False))
 
     def accuracy(model):
         return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
@@ -85,14 +93,14 @@ def main() -> None:
     print(f"== 1/4 pretrain small_cnn: {FLAGS.epochs} epochs on "
           f"{FLAGS.train_examples} synthetic images", flush=True)
     dense = keras_tpp.models.small_cnn()
-    common.compile_classifier(dense, common.sgd(lr_schedules.StepDecay(
+    compile_classifier(dense, sgd(lr_schedules.StepDecay(
         FLAGS.lr, [0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs], 0.1, steps_per_epoch)), 5e-4)
     fit(dense, FLAGS.epochs, "pretrain")
     dense_acc = accuracy(dense)
 
     # 2. TPP: grow the penalties on the filters to remove, hold, then zero them.
     pmodel = keras_tpp.prepare(dense, pruning_ratio=FLAGS.pruning_ratio, method="tpp")
-    common.compile_classifier(pmodel, common.sgd(FLAGS.prune_lr), 5e-4)
+    compile_classifier(pmodel, sgd(FLAGS.prune_lr), 5e-4)
     tpp = keras_tpp.TPPCallback(ramp_steps=FLAGS.ramp_steps, interval=FLAGS.interval,
                                 ceiling=1.0, stabilize_steps=FLAGS.stabilize_steps,
                                 stop_when_pruned=True)
@@ -110,7 +118,7 @@ def main() -> None:
 
     # 4. Fine-tune the thin model with a fresh optimizer.
     print(f"== 4/4 fine-tune the thin model: {FLAGS.finetune_epochs} epochs", flush=True)
-    common.compile_classifier(thin, common.sgd(lr_schedules.StepDecay(
+    compile_classifier(thin, sgd(lr_schedules.StepDecay(
         FLAGS.finetune_lr, [0.5 * FLAGS.finetune_epochs, 0.75 * FLAGS.finetune_epochs], 0.1,
         steps_per_epoch)), 5e-4)
     fit(thin, FLAGS.finetune_epochs, "finetune")
@@ -119,20 +127,11 @@ def main() -> None:
     comparison = keras_tpp.compare(dense, thin, batch_sizes=(1, 64),
                                    latency=FLAGS.latency_runs > 0,
                                    runs=max(FLAGS.latency_runs, 1), print_table=False)
-    rows = [("test accuracy", f"{dense_acc:.4f}", f"{thin_acc:.4f}",
-             f"{thin_acc - dense_acc:+.4f}")]
-    rows.append(("params", f"{comparison['before']['params']:,}",
-                 f"{comparison['after']['params']:,}", f"{comparison['params_ratio']:.2f}x"))
-    rows.append(("MACs", f"{comparison['before']['macs']:,}",
-                 f"{comparison['after']['macs']:,}", f"{comparison['macs_ratio']:.2f}x"))
-    for batch, lat in comparison["latency"].items():
-        rows.append((f"latency batch {batch} (ms)", f"{lat['before_ms']:.2f}",
-                     f"{lat['after_ms']:.2f}", f"{lat['speedup']:.2f}x"))
-    header = ("", "before (dense)", "after (TPP, thin)", "change")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    rows = before_after_rows({"accuracy": dense_acc, **comparison["before"]},
+                             {"accuracy": thin_acc, **comparison["after"]},
+                             comparison["latency"])
     print()
-    for row in [header] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(format_table(("", "before (dense)", "after (TPP, thin)", "change"), rows))
     print(f"(accuracy right after pruning, before fine-tuning: {pruned_acc:.4f})")
 
     summary = {
@@ -142,8 +141,7 @@ def main() -> None:
         "params_ratio": comparison["params_ratio"],
         "macs_ratio": comparison["macs_ratio"],
         "latency_ms": {str(b): v for b, v in comparison["latency"].items()},
-        "pruned_channels": {k: [int((~m).sum()), int(m.size)]
-                            for k, m in keras_tpp.get_masks(pmodel).items()},
+        "pruned_channels": label_masks(keras_tpp.get_masks(pmodel)),
         "prune_iterations": int(pmodel.optimizer.iterations.numpy()),
         "flags": common.flag_values(),
         "data": "keras_tpp.data.synthetic_shapes (10 classes, 32x32)",

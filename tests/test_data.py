@@ -190,6 +190,56 @@ def test_folder_tar_gz_extracted_once_into_cache(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["cache", "env_cache", "src", "tiny_cifar.tar.gz"]
 
 
+def test_extract_archive_reports_where_and_how_many_files(tmp_path):
+    from keras_tpp.data.folder import extract_archive
+
+    root = _write_folder(tmp_path / "src" / "tiny_cifar")
+    archive = tmp_path / "tiny_cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tiny_cifar")
+    first = extract_archive(str(archive), cache_dir=str(tmp_path / "cache"))
+    assert first.extracted_now and first.files == 18  # (4 train + 2 test) x 3 classes
+    assert first.directory.startswith(str(tmp_path / "cache"))
+    again = extract_archive(str(archive), cache_dir=str(tmp_path / "cache"))
+    assert not again.extracted_now and again.files == 18 and again.directory == first.directory
+
+
+def test_truncated_archive_error_names_the_file(tmp_path):
+    root = _write_folder(tmp_path / "src" / "tiny_cifar")
+    archive = tmp_path / "tiny_cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tiny_cifar")
+    data = archive.read_bytes()
+    for fraction in (0.3, 0.9):
+        cut = tmp_path / f"cut{int(fraction * 100)}.tar.gz"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(ValueError, match=rf"{cut.name}: the archive is truncated"):
+            cifar_pipeline("train", source="folder", data_dir=str(cut), batch_size=4,
+                           training=True, cache_dir=str(tmp_path / "cache"))
+    # Nothing half-extracted is left to be mistaken for a complete copy.
+    assert not [p for p in (tmp_path / "cache" / "extracted").iterdir()]
+
+
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "truncated_png", "not_an_image"])
+def test_corrupt_image_error_names_the_file(tmp_path, damage):
+    root = _write_folder(tmp_path / "tiny", fmt="png" if damage == "truncated_png" else "jpg")
+    ext = "png" if damage == "truncated_png" else "jpg"
+    bad = root / "train" / "bird" / f"0002.{ext}"
+    data = bad.read_bytes()
+    bad.write_bytes(b"hello, not an image" if damage == "not_an_image"
+                    else data[: len(data) * 2 // 3])
+    ds = cifar_pipeline("train", source="folder", data_dir=str(root), batch_size=4,
+                        training=True)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"corrupt or truncated image file:\] \[[^\]]*0002\." + ext):
+        for _ in ds:
+            pass
+    # The intact files of the same folder still decode.
+    bad.write_bytes(data)
+    assert sum(int(x.shape[0]) for x, _ in cifar_pipeline(
+        "train", source="folder", data_dir=str(root), batch_size=4, training=True)) == 12
+
+
 def test_bad_data_dir_errors(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(ValueError, match=r"nowhere.*train/<class_name>/<image>"):

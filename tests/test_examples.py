@@ -188,7 +188,8 @@ def test_cifar_all_stages_on_an_image_folder_with_tpp(cifar_all):
     # SPEC's ResNet layer set: the first conv of each block, half of its filters.
     assert sorted(prune["pruned_channels"]) == sorted(
         f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in (1, 2, 3))
-    assert all(n == -(-total // 2) for n, total in prune["pruned_channels"].values())
+    assert all(len(v["removed"]) == -(-v["of"] // 2) == v["of"] - v["kept"]
+               for v in prune["pruned_channels"].values())
     assert set(prune["latency_ms"]) == {"1", "4"}
     assert summary["result"]["params_ratio"] > 1.2
     assert summary["flags"]["method"] == "tpp" and summary["data"]["source"] == "folder"
@@ -352,7 +353,8 @@ def _imagenet_args(model_dir):
 def _check_preset(prune, preset_ratios):
     pruned = prune["pruned_channels"]
     assert len(pruned) == 32  # conv1 and conv2 of the 16 bottlenecks
-    for name, (count, total) in pruned.items():
+    for name, entry in pruned.items():
+        count, total = len(entry["removed"]), entry["of"]
         stage = int(name[4])
         assert name.endswith(("_1_conv", "_2_conv"))
         assert count == int(np.ceil(preset_ratios[stage - 2] * total - 1e-9)), name
@@ -485,3 +487,181 @@ def test_bad_input_found_late_leaves_outputs_alone(cifar_all, cifar_folder, tmp_
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert "--data_dir" in lines[0] and "100" in lines[0]
     assert sha(target) == before
+
+
+# --------------------------------------------------------------------------- lost runs
+
+
+KILL_ENV = "KERAS_TPP_TEST_KILL_AT"
+# Tiny, deterministic: 2 iterations per epoch; TPP reaches its pruned phase at iteration 6.
+SYNTHETIC = ["--data_source", "synthetic", "--max_train_examples", "64",
+             "--max_test_examples", "32", "--steps_per_epoch", "2", "--log_every", "1"]
+
+
+def _killed(script, args, tmp, point):
+    proc = run(script, args, tmp, check=False, **{KILL_ENV: point})
+    assert proc.returncode == -9, f"not killed at {point} (rc={proc.returncode}):\n" + (
+        proc.stdout[-2000:] + proc.stderr[-3000:])
+    return proc
+
+
+def _keras_weights(path):
+    import keras
+
+    return keras.models.load_model(path, compile=False).get_weights()
+
+
+def _backup_files(model_dir, stage):
+    directory = os.path.join(model_dir, "backup", stage)
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+@pytest.fixture(scope="module")
+def cifar_archive(cifar_folder, tmp_path_factory):
+    """The tiny image folder as a .tar.gz (the offline CIFAR copy is one)."""
+    import tarfile
+
+    archive = tmp_path_factory.mktemp("archive") / "tiny_cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(cifar_folder, arcname="tiny_cifar")
+    return str(archive)
+
+
+def test_cifar_killed_during_backup_write_and_before_outputs_reruns_to_the_same_result(
+        cifar_archive, tmp_path):
+    """SIGKILL (a) in the middle of writing the prune stage's backup and (b) after the
+    fine-tuning's training, before its outputs: each rerun of the same command completes,
+    keeps the trained state, cleans up, and ends with the same weights and accuracies as an
+    uninterrupted run. The uninterrupted run's output is also checked (stage announcements,
+    archive report, table, plot, per-iteration log, quiet stderr, file modes, labels)."""
+    args = ["--stage", "all", "--data_source", "folder", "--data_dir", cifar_archive,
+            "--steps_per_epoch", "2", "--log_every", "1"] + TINY_CIFAR
+    straight = str(tmp_path / "straight")
+    clean = run("cifar.py", args + ["--model_dir", straight], str(tmp_path))
+
+    model_dir = str(tmp_path / "killed")
+    args += ["--model_dir", model_dir]
+    _killed("cifar.py", args, str(tmp_path), "prune.backup_write")
+    assert os.path.isfile(os.path.join(model_dir, "pretrained.keras"))
+    assert not os.path.exists(os.path.join(model_dir, "pruned.keras"))
+    assert any(n.startswith(".tmp-") for n in _backup_files(model_dir, "prune"))
+
+    rerun = _killed("cifar.py", args, str(tmp_path), "finetune.after_train")
+    assert "removed 1 temporary file(s) left by a killed run" in rerun.stdout, rerun.stdout
+    assert "[pretrain]" in rerun.stdout and "skipping" in rerun.stdout
+    assert os.path.isfile(os.path.join(model_dir, "pruned.keras"))
+    assert not os.path.exists(os.path.join(model_dir, "final.keras"))
+    state = read_json(os.path.join(model_dir, "backup", "finetune", "backup.json"))
+    assert state["finished"]  # the fine-tuning's training is kept
+
+    last = run("cifar.py", args, str(tmp_path))
+    assert "its training had finished" in last.stdout, last.stdout
+    assert not os.path.exists(os.path.join(model_dir, "backup"))
+    assert not leftovers(model_dir)
+
+    a, b = (read_json(os.path.join(d, "summary.json"))["stages"] for d in (straight, model_dir))
+    for stage in ("pretrain", "prune", "finetune"):
+        assert a[stage]["accuracy"] == pytest.approx(b[stage]["accuracy"], abs=1e-6), stage
+        assert a[stage]["iterations"] == b[stage]["iterations"], stage
+    assert a["prune"]["pruned_channels"] == b["prune"]["pruned_channels"]
+    for name in ("pruned.keras", "final.keras"):
+        for x, y in zip(_keras_weights(os.path.join(straight, name)),
+                        _keras_weights(os.path.join(model_dir, name))):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=name)
+
+    # What the uninterrupted run showed and wrote.
+    out = clean.stdout
+    for i, stage in enumerate(("pretrain", "prune", "finetune")):
+        assert f"== stage {i + 1}/3: {stage}" in out
+    assert f"[data] extracted {cifar_archive}: 110 files in " in out  # 80 train + 30 test
+    assert "using the earlier extraction" in rerun.stdout
+    table = out[out.index("before (dense)"):]
+    assert "test accuracy" in table and "params" in table and "MACs" in table
+    assert '"final_accuracy"' not in out  # no JSON dump
+    with open(os.path.join(straight, "training.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    rows = read_csv(os.path.join(straight, "logs", "iterations", "prune.csv"))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, a["prune"]["iterations"] + 1))
+    assert float(rows[0]["prune_lambda"]) == pytest.approx(0.005) and rows[0]["loss"]
+    assert "shuffle=True" not in clean.stderr
+    assert "InitializeLog" not in clean.stderr and "cudart_stub" not in clean.stderr
+    for name in ("summary.json", "pretrained.keras", "pruned.keras", "final.keras",
+                 "training.png"):
+        assert os.stat(os.path.join(straight, name)).st_mode & 0o777 == 0o644, name
+    for entry in a["prune"]["pruned_channels"].values():
+        assert set(entry) == {"removed", "kept", "of"}
+        assert len(entry["removed"]) + entry["kept"] == entry["of"]
+
+
+def test_cifar_damaged_backup_is_reported_and_the_stage_restarts(tmp_path):
+    """A backup torn by a kill (as Keras' non-atomic BackupAndRestore leaves it) no longer
+    crashes every rerun: it is reported, naming the file, and the stage starts over."""
+    model_dir = str(tmp_path / "run")
+    args = ["--stage", "pretrain", "--model_dir", model_dir] + SYNTHETIC + TINY_CIFAR
+    _killed("cifar.py", args, str(tmp_path), "pretrain.after_train")
+    weights = [n for n in _backup_files(model_dir, "pretrain") if n.endswith(".weights.h5")]
+    assert len(weights) == 1
+    path = os.path.join(model_dir, "backup", "pretrain", weights[0])
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    again = run("cifar.py", args, str(tmp_path))
+    lines = [line for line in again.stdout.splitlines() if "is damaged" in line]
+    assert len(lines) == 1 and path in lines[0], again.stdout
+    assert os.path.isfile(os.path.join(model_dir, "pretrained.keras"))
+    assert read_json(os.path.join(model_dir, "summary.json"))["stages"]["pretrain"][
+        "iterations"] == 2
+    assert not os.path.exists(os.path.join(model_dir, "backup")) and not leftovers(model_dir)
+
+
+def test_cifar_rerun_with_other_flags_discards_the_backup_naming_them(tmp_path):
+    """A prune stage killed at ratio 0.5, rerun at 0.25: the 0.5 backup is discarded with a
+    message naming --pruning_ratio, and the result and summary are those of 0.25."""
+    model_dir = str(tmp_path / "run")
+    args = ["--stage", "all", "--model_dir", model_dir, "--ft_epochs", "1"] + SYNTHETIC + \
+        TINY_CIFAR
+    _killed("cifar.py", args + ["--pruning_ratio", "0.5"], str(tmp_path), "prune.after_train")
+    assert _backup_files(model_dir, "prune")
+    again = run("cifar.py", args + ["--pruning_ratio", "0.25"], str(tmp_path))
+    lines = [line for line in again.stdout.splitlines() if "discarding the backup" in line]
+    assert len(lines) == 1 and "--pruning_ratio: '0.5' → '0.25'" in lines[0], again.stdout
+    assert "resuming" not in again.stdout
+    summary = read_json(os.path.join(model_dir, "summary.json"))
+    assert summary["flags"]["pruning_ratio"] == "0.25"
+    for entry in summary["stages"]["prune"]["pruned_channels"].values():
+        assert len(entry["removed"]) == int(np.ceil(0.25 * entry["of"] - 1e-9))
+
+
+def test_cifar_pruning_ratio_typo_is_reported_before_any_training(tmp_path):
+    model_dir = tmp_path / "run"
+    start = time.time()
+    proc = run("cifar.py", ["--stage", "all", "--pruning_ratio", "stage9_*:0.5",
+                            "--model_dir", str(model_dir)] + SYNTHETIC + TINY_CIFAR,
+               str(tmp_path), check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "--pruning_ratio" in lines[0] and "stage9_*" in lines[0]
+    assert "== stage" not in proc.stdout and not os.path.exists(model_dir / "pretrained.keras")
+    assert time.time() - start < TIMEOUT
+
+
+def test_cifar_corrupt_image_is_a_one_line_error_naming_it(cifar_folder, tmp_path):
+    folder = tmp_path / "folder"
+    shutil.copytree(cifar_folder, folder)
+    bad = folder / "train" / "bird" / "0001.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    proc = run("cifar.py", ["--stage", "pretrain", "--data_source", "folder", "--data_dir",
+                            str(folder), "--model_dir", str(tmp_path / "run")] + TINY_CIFAR,
+               str(tmp_path), check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "--data_dir" in lines[0] and str(bad) in lines[0]
+
+
+@pytest.mark.parametrize("script", ["cifar.py", "quickstart.py"])
+def test_helpshort_exits_zero(script, tmp_path):
+    proc = run(script, ["--helpshort"], str(tmp_path), check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--seed" in proc.stdout + proc.stderr

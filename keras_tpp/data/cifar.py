@@ -37,8 +37,40 @@ _STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CI
 _SOURCES = ("tfds", "folder", "arrays")
 
 
+#: Start of the error raised (when the dataset is iterated) for a file that is not a
+#: complete JPEG / PNG / GIF / BMP image; the message goes on to name the file.
+CORRUPT_IMAGE_MESSAGE = "corrupt or truncated image file"
+
+
+def _image_is_complete(contents: tf.Tensor) -> tf.Tensor:
+    """Whether ``contents`` (a scalar string) starts with a JPEG/PNG/GIF/BMP signature and
+    ends the way that format ends (JPEG: EOI marker within the last 64 bytes; PNG: the IEND
+    chunk; GIF: the trailer byte). Catches truncated copies and files that are not images."""
+    n = tf.strings.length(contents)
+
+    def head(k):
+        return tf.strings.substr(contents, 0, k)
+
+    def tail(k):
+        return tf.strings.substr(contents, tf.maximum(n - k, 0), tf.minimum(n, k))
+
+    jpeg = tf.logical_and(
+        tf.equal(head(3), b"\xff\xd8\xff"),
+        tf.size(tf.strings.split(tail(64), sep=b"\xff\xd9")) > 1)
+    png = tf.logical_and(tf.equal(head(8), b"\x89PNG\r\n\x1a\n"),
+                         tf.equal(tail(8), b"IEND\xaeB`\x82"))
+    gif = tf.logical_and(tf.equal(head(4), b"GIF8"), tf.equal(tail(1), b";"))
+    bmp = tf.logical_and(tf.equal(head(2), b"BM"), n > 54)
+    return tf.reduce_any(tf.stack([jpeg, png, gif, bmp]))
+
+
 def _decode_image(path, image_size: int):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    contents = tf.io.read_file(path)
+    check = tf.debugging.Assert(_image_is_complete(contents),
+                                [CORRUPT_IMAGE_MESSAGE + ":", path], summarize=1)
+    with tf.control_dependencies([check]):
+        contents = tf.identity(contents)
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
 
     def _resize():
         resized = tf.image.resize(image, [image_size, image_size], antialias=True)

@@ -13,11 +13,15 @@ or a shard — is class-balanced and the order is identical on every worker.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
+from dataclasses import dataclass
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -48,7 +52,56 @@ def _find_root(directory: str, split: str) -> str:
     return directory  # the caller reports the missing split
 
 
-def _extract_archive(archive: str, cache_dir: str | None) -> str:
+@dataclass(frozen=True)
+class Extraction:
+    """Where an archive was extracted.
+
+    Attributes:
+      archive: the archive's absolute path.
+      directory: the extracted copy in the cache.
+      files: number of regular files extracted.
+      extracted_now: True if this call extracted it, False if a previous one had.
+    """
+
+    archive: str
+    directory: str
+    files: int
+    extracted_now: bool
+
+
+def _count_files(directory: str) -> int:
+    return sum(len([f for f in files if not f.startswith(".")])
+               for _, _, files in os.walk(directory))
+
+
+def _read_marker(target: str) -> int | None:
+    """The file count recorded in ``<target>/.complete`` (None if absent or old-style)."""
+    try:
+        with open(os.path.join(target, ".complete")) as f:
+            text = f.read()
+    except OSError:
+        return None
+    try:
+        return int(json.loads(text)["files"])
+    except (ValueError, KeyError, TypeError):
+        return _count_files(target)  # a marker written by an older version: one line
+
+
+def extract_archive(archive: str, cache_dir: str | None = None) -> Extraction:
+    """Extracts ``archive`` once into the cache (see the module docstring) and says where.
+
+    Args:
+      archive: a ``.tar.gz`` / ``.tgz`` / ``.tar`` file.
+      cache_dir: the extraction cache (default :func:`default_cache_dir`).
+
+    Raises:
+      ValueError: the archive is truncated or damaged (the message names it).
+    """
+    archive = os.path.abspath(os.path.expanduser(str(archive)))
+    return _extract_archive(archive, cache_dir)
+
+
+def _extract_archive(archive: str, cache_dir: str | None) -> Extraction:
     base = os.path.abspath(cache_dir or default_cache_dir())
     stat = os.stat(archive)
     key = hashlib.sha1(
@@ -60,18 +113,25 @@ def _extract_archive(archive: str, cache_dir: str | None) -> str:
             name = name[: -len(suffix)]
             break
     target = os.path.join(base, "extracted", f"{name}-{key}")
-    if os.path.exists(os.path.join(target, ".complete")):
-        return target
+    files = _read_marker(target)
+    if files is not None:
+        return Extraction(os.path.abspath(archive), target, files, False)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(target))
     try:
-        with tarfile.open(archive) as tar:
-            try:
-                tar.extractall(tmp, filter="data")
-            except TypeError:  # Python without extraction filters
-                tar.extractall(tmp)  # noqa: S202 - archives are user-provided data
+        try:
+            with tarfile.open(archive) as tar:
+                try:
+                    tar.extractall(tmp, filter="data")
+                except TypeError:  # Python without extraction filters
+                    tar.extractall(tmp)  # noqa: S202 - archives are user-provided data
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise ValueError(
+                f"{archive}: the archive is truncated or damaged ({type(e).__name__}: "
+                f"{' '.join(str(e).split())}); copy or download it again") from e
+        files = _count_files(tmp)
         with open(os.path.join(tmp, ".complete"), "w") as f:
-            f.write(os.path.abspath(archive) + "\n")
+            json.dump({"archive": os.path.abspath(archive), "files": files}, f)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first
@@ -80,7 +140,7 @@ def _extract_archive(archive: str, cache_dir: str | None) -> str:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return Extraction(os.path.abspath(archive), target, files, True)
 
 
 def resolve_image_folder(data_dir: str, split: str = "train",
@@ -96,10 +156,7 @@ def resolve_image_folder(data_dir: str, split: str = "train",
     if os.path.isfile(path):
         if not path.endswith(_ARCHIVE_SUFFIXES):
             raise _layout_error(path, split, "a file that is not a .tar.gz/.tgz/.tar archive")
-        try:
-            path = _extract_archive(path, cache_dir)
-        except tarfile.TarError as e:
-            raise _layout_error(data_dir, split, f"unreadable archive: {e}") from e
+        path = _extract_archive(os.path.abspath(path), cache_dir).directory
     elif not os.path.isdir(path):
         raise _layout_error(path, split, "no such file or directory")
     root = _find_root(path, split)
