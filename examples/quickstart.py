@@ -70,6 +70,11 @@ def main() -> None:
 
     start = time.time()
     keras.utils.set_random_seed(FLAGS.seed)
+    # The same accuracies run to run on one machine: deterministic TensorFlow kernels
+    # (seeded data and initialization alone leave thread-order float differences).
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     out_dir = os.path.abspath(FLAGS.out_dir)
     log_dir = os.path.join(out_dir, "logs")
     arrays = {"train": synthetic_shapes(FLAGS.train_examples, seed=FLAGS.seed),
