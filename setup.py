@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="keras-tpp",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Trainability Preserving Pruning (TPP) and related structured pruning "
         "methods for Keras 3, with exact model surgery."

@@ -1,4 +1,4 @@
-"""keras_tpp: Trainability Preserving Pruning and related structured pruning for Keras 3.
+"""keras_tpp: Trainability Preserving Pruning and related pruning methods for Keras 3.
 
 The workflow::
 
@@ -6,11 +6,16 @@ The workflow::
     pmodel.compile(...)
     pmodel.fit(data, callbacks=[keras_tpp.TPPCallback(...)])
     thin = keras_tpp.shrink(pmodel)      # a physically thinner plain Keras model
+    keras_tpp.export(thin, "thin.tflite")
 
-TensorFlow-only helpers (tf.data pipelines, tf.distribute) live in ``keras_tpp.data`` and
-``keras_tpp.distribute`` and are imported on demand, not here.
+TensorFlow-only helpers (tf.data pipelines, tf.distribute, export) live at the edges
+(``keras_tpp.data``, ``keras_tpp.distribute``, ``keras_tpp.deployment``) and import
+TensorFlow only when used.
 """
 from keras_tpp import (
+    callbacks,
+    cloning,
+    controllers,
     filters,
     graph,
     importance,
@@ -22,20 +27,23 @@ from keras_tpp import (
     penalties,
     prepared,
     profiling,
+    sparsity,
     surgery,
+    validation,
     workflow,
     wrappers,
 )
-from keras_tpp.callbacks import PruningCallback, TPPCallback
+from keras_tpp.callbacks import NonFiniteError, PruningCallback, TPPCallback
+from keras_tpp.deployment import ExportCheckError, ExportReport, export
 from keras_tpp.folding import fold_batchnorm
 from keras_tpp.graph import DependencyGraph, UnsupportedModelError
 from keras_tpp.methods import METHODS
 from keras_tpp.orthp import orthp
 from keras_tpp.penalty_schedule import PenaltySchedule
-from keras_tpp.profiling import compare, measure_latency, profile
 from keras_tpp.prepared import apply_masks, get_masks, strip
+from keras_tpp.profiling import compare, measure_latency, profile
 from keras_tpp.surgery import make_plan, prune, shrink, zero_channels
 from keras_tpp.workflow import prepare
 from keras_tpp.wrappers import PruningWrapper
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_tpp import filters
+from keras_tpp.validation import integer
 
 
 @keras.saving.register_keras_serializable(package="keras_tpp")
@@ -25,7 +26,7 @@ class ChannelMask(keras.constraints.Constraint):
     """
 
     def __init__(self, axis: int = -1, inner: Callable | None = None) -> None:
-        self.axis = int(axis)
+        self.axis = integer(axis, "axis")
         self.inner = keras.constraints.get(inner) if inner is not None else None
         self._keep_mask = None
         self._enforce = None

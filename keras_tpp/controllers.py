@@ -7,10 +7,10 @@ batch boundary and logs what it returns.
 
 - TPP (:class:`GrowingController`): λ(t) of :class:`~keras_tpp.penalty_schedule.PenaltySchedule`
   for every layer; pruned when the schedule says so.
-- GReg-1/GReg-2 (:class:`GRegController`, SPEC §2): per-layer growth that stops when λ reaches
-  τ or the EMA of mean|w_kept| / mean|w_pruned| reaches ``stop_ratio``; GReg-2 first grows a
-  uniform penalty on all filters and picks the smallest ones when it reaches ``pick_ceiling``,
-  then pushes them while the kept filters get a constant (negative) λ_kept.
+- GReg-1/GReg-2 (:class:`GRegController`, Wang et al., ICLR 2021): per-layer growth that
+  stops when λ reaches τ or the EMA of mean|w_kept| / mean|w_pruned| reaches ``stop_ratio``;
+  GReg-2 first grows a uniform penalty on all filters and picks the smallest ones when it
+  reaches ``pick_ceiling``, then pushes them while the kept filters get a constant (negative) λ_kept.
 - L1 / random (:class:`OneShotController`): masks applied at the first step.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ class OneShotController(Controller):
 
 
 class GRegController(Controller):
-    """GReg-1 and GReg-2 (SPEC §2).
+    """GReg-1 and GReg-2 (Wang et al., "Neural Pruning via Growing Regularization", ICLR 2021).
 
     Args:
         wrappers: the model's PruningWrapper layers.

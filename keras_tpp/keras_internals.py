@@ -90,6 +90,12 @@ def flatten_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
     return model._flatten_layers(include_self=False, recursive=True)
 
 
+def learning_rate_schedule(optimizer: Any) -> Any:
+    """The LearningRateSchedule an optimizer was built with (``Optimizer._learning_rate``),
+    or its constant learning-rate variable, or None."""
+    return getattr(optimizer, "_learning_rate", None)
+
+
 def compile_metrics(model: keras.Model) -> Any:
     """The compiled metrics container of a model (``Trainer._compile_metrics``), or None."""
     return getattr(model, "_compile_metrics", None)

@@ -1,6 +1,6 @@
-"""Growing-regularization schedule (SPEC §1, shared by TPP and GReg).
+"""Growing-regularization schedule (shared by TPP and GReg).
 
-λ(t) as a pure function of the optimizer iteration t (0-based):
+λ(t) as a pure function of the train step t (0-based; see PruningCallback for the counter):
 
     λ(t) = min(τ, Δ · floor(t / K_u))          growing phase, t < T_ramp
     λ(t) = τ                                     stabilization, T_ramp ≤ t < T_ramp + K_s
@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 
 import keras
+
+from keras_tpp.validation import finite_float, integer, non_negative_int, positive_int
 
 #: Phase codes, as logged (numbers so that progress bars and TensorBoard can show them).
 #: PICK is GReg-2's first phase, before its growth.
@@ -43,24 +45,18 @@ class PenaltySchedule:
         ramp_steps: int | None = None,
         start_step: int = 0,
     ) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be a positive integer, got {interval!r}.")
-        if not (isinstance(ceiling, (int, float)) and ceiling > 0 and math.isfinite(ceiling)):
-            raise ValueError(f"ceiling must be a positive finite number, got {ceiling!r}.")
-        if not isinstance(stabilize_steps, int) or stabilize_steps < 0:
-            raise ValueError(
-                f"stabilize_steps must be a non-negative integer, got {stabilize_steps!r}."
-            )
-        if not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+        interval = positive_int(interval, "interval")
+        ceiling = finite_float(ceiling, "ceiling", minimum=0.0, exclusive_minimum=True)
+        stabilize_steps = non_negative_int(stabilize_steps, "stabilize_steps")
+        start_step = non_negative_int(start_step, "start_step")
         if ramp_steps is not None:
-            if not isinstance(ramp_steps, int) or ramp_steps < interval:
-                raise ValueError(
-                    f"ramp_steps must be an integer >= interval ({interval}), got {ramp_steps!r}."
-                )
-            delta = float(ceiling) * interval / ramp_steps
-        if delta is None or not (isinstance(delta, (int, float)) and 0 < delta <= ceiling):
-            raise ValueError(f"delta must be a number in (0, ceiling={ceiling}], got {delta!r}.")
+            ramp_steps = integer(ramp_steps, "ramp_steps", minimum=interval)
+            delta = ceiling * interval / ramp_steps
+        elif delta is None:
+            raise ValueError("delta must be a number in (0, ceiling]; got None (give "
+                             "ramp_steps to set the schedule by length instead).")
+        delta = finite_float(delta, "delta", minimum=0.0, maximum=ceiling,
+                             exclusive_minimum=True)
         self.delta = float(delta)
         self.interval = interval
         self.ceiling = float(ceiling)

@@ -8,14 +8,12 @@ What comes after training (reading and applying masks, stripping the wrappers) i
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-from keras_tpp import cloning, importance, methods, selection
+from keras_tpp import cloning, importance, methods, penalties, selection, validation
 from keras_tpp.graph import ChannelGroup, DependencyGraph
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
@@ -42,13 +40,6 @@ def _plan_groups(
             for gid, pruned in chosen.items()]
 
 
-def _check_coefficient(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    return float(value)
-
-
 def prepare(
     model: keras.Model,
     pruning_ratio: selection.Ratio = 0.5,
@@ -57,6 +48,7 @@ def prepare(
     layers: selection.Patterns = None,
     exclude: selection.Patterns = None,
     gram_coefficient: float = 1000.0,
+    gram_formulation: str = "bounded",
     seed: int | None = None,
     on_unsupported: str = "raise",
 ) -> keras.Model:
@@ -76,6 +68,10 @@ def prepare(
             the classifier head, is never prunable).
         exclude: optional name patterns of producers to leave alone.
         gram_coefficient: c_gram of TPP's gram term (the paper's 1000).
+        gram_formulation: "bounded" (default): the gram term's weight c·λ is capped per
+            layer so that one optimizer step cannot overshoot (equal to the paper's term
+            whenever the cap is not reached, e.g. at its learning rates); "exact": the
+            paper's c·λ·L_gram unchanged. See :class:`keras_tpp.penalties.GramPenalty`.
         seed: seed of the "random" method's choice.
         on_unsupported: "raise" (default) or "skip": what to do about layers whose effect on
             channels is unknown (Lambda, custom layers): raise naming the layer, or leave the
@@ -96,7 +92,10 @@ def prepare(
         raise ValueError(
             f"Model '{model.name}' is already prepared for pruning; call keras_tpp.strip() "
             "first to prepare it again.")
-    gram_coefficient = _check_coefficient(gram_coefficient, "gram_coefficient")
+    gram_coefficient = validation.finite_float(gram_coefficient, "gram_coefficient",
+                                               minimum=0.0)
+    gram_formulation = validation.one_of(gram_formulation, "gram_formulation",
+                                         penalties.GRAM_FORMULATIONS)
     seed = selection.check_seed(seed)
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
@@ -133,6 +132,8 @@ def prepare(
         wrapper = PruningWrapper(
             copy(layer),
             method=spec.name,
+            method_options=spec.get_config(),
+            gram_formulation=gram_formulation,
             gram_coefficient=gram_coefficient if (producer and spec.gram) else 0.0,
             l2_penalty=spec.l2 if producer else spec.norm_l2,
             num_pruned=int((~keep).sum()) if spec.selection != "deferred" else plan.num_pruned,

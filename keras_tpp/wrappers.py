@@ -1,14 +1,19 @@
 """PruningWrapper: a Keras layer wrapper that carries a layer's pruning state.
 
 It wraps a producer (Conv*, Dense, SeparableConv*, Conv*Transpose) or a BatchNormalization
-that follows one, and owns four non-trainable variables, saved with the model:
+that follows one, and owns these non-trainable variables, saved with the model:
 
 - ``keep_mask`` (N,) float32, 1 = kept, 0 = pruned;
 - ``strength`` λ, the penalty strength on pruned channels;
 - ``kept_strength`` λ_kept, an L2 strength on kept channels (GReg-2 uses a small negative one);
 - ``enforce`` 0/1: when 1, pruned channels are held at exactly zero after every step;
 - ``stopped_at``: iteration at which this layer's λ stopped growing (GReg), −1 while growing;
-- ``ratio_ema``: EMA of mean|w_kept| / mean|w_pruned| (GReg's stopping criterion).
+- ``ratio_ema``: EMA of mean|w_kept| / mean|w_pruned| (GReg's stopping criterion);
+- ``step_size``: the optimizer's learning rate η as last seen by the pruning callback (read by
+  the bounded gram term; 0 = unknown);
+- ``train_steps`` (int64): training steps run through this layer, incremented in every
+  forward pass with ``training=True``, i.e. once per train step, *including* the steps that a
+  LossScaleOptimizer skips (whose ``iterations`` do not advance). The schedule follows it.
 
 At build time it attaches TPP's penalties as regularizers (:mod:`keras_tpp.penalties`) and a
 :class:`~keras_tpp.constraints.ChannelMask` to the wrapped layer's variables, composed with
@@ -24,7 +29,8 @@ import keras
 
 from keras_tpp import filters
 from keras_tpp.constraints import ChannelMask
-from keras_tpp.penalties import GramPenalty, MaskedL2, RegularizerSum
+from keras_tpp.penalties import GRAM_FORMULATIONS, GramPenalty, MaskedL2, RegularizerSum
+from keras_tpp.validation import finite_float, non_negative_int, one_of
 
 
 def is_norm(layer: keras.layers.Layer) -> bool:
@@ -44,7 +50,11 @@ class PruningWrapper(keras.layers.Wrapper):
     Args:
         layer: a producer layer or a BatchNormalization.
         method: the pruning method the model was prepared for ("tpp", "greg1", ...).
+        method_options: that method's options (its ``get_config()``), which the pruning
+            callback uses to rebuild it.
         gram_coefficient: c_gram of the gram term on the kernel; 0 disables it (producers).
+        gram_formulation: "bounded" (default) or "exact": how the gram term is weighted,
+            see :class:`~keras_tpp.penalties.GramPenalty`.
         l2_penalty: whether the masked L2 term is attached (kernel and bias of producers,
             γ and β of batch norms).
         num_pruned: how many channels the method removes (known before the mask for GReg-2).
@@ -59,8 +69,15 @@ class PruningWrapper(keras.layers.Wrapper):
         l2_penalty: bool = True,
         num_pruned: int = 0,
         group: str | None = None,
+        gram_formulation: str = "bounded",
+        method_options: dict | None = None,
         **kwargs: Any,
     ) -> None:
+        gram_coefficient = finite_float(gram_coefficient, "gram_coefficient", minimum=0.0)
+        gram_formulation = one_of(gram_formulation, "gram_formulation", GRAM_FORMULATIONS)
+        num_pruned = non_negative_int(num_pruned, "num_pruned")
+        if not isinstance(l2_penalty, bool):
+            raise ValueError(f"l2_penalty must be True or False, got {l2_penalty!r}.")
         if not can_wrap(layer):
             raise ValueError(
                 f"PruningWrapper cannot wrap layer '{layer.name}' of type "
@@ -70,8 +87,10 @@ class PruningWrapper(keras.layers.Wrapper):
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
         self.method = method
-        self.gram_coefficient = float(gram_coefficient)
-        self.l2_penalty = bool(l2_penalty)
+        self.method_options = dict(method_options or {})
+        self.gram_coefficient = gram_coefficient
+        self.gram_formulation = gram_formulation
+        self.l2_penalty = l2_penalty
         self.num_pruned = int(num_pruned)
         self.group = group or layer.name
         self._layer_call_args = set(inspect.signature(layer.call).parameters)
@@ -103,6 +122,11 @@ class PruningWrapper(keras.layers.Wrapper):
             trainable=False)
         self.ratio_ema = self.add_weight(
             name="ratio_ema", shape=(), initializer="zeros", trainable=False)
+        self.step_size = self.add_weight(
+            name="step_size", shape=(), initializer="zeros", trainable=False)
+        self.train_steps = self.add_weight(
+            name="train_steps", shape=(), dtype="int64", initializer="zeros",
+            trainable=False, aggregation="only_first_replica")
         self._attach_penalties()
         self.built = True
 
@@ -120,8 +144,9 @@ class PruningWrapper(keras.layers.Wrapper):
         for index, (variable, axis) in enumerate(self.masked_variables()):
             ours = []
             if self.is_producer and index == 0 and self.gram_coefficient > 0:
-                ours.append(GramPenalty(self.gram_coefficient, axis).bind(
-                    self.keep_mask, self.strength))
+                ours.append(GramPenalty(
+                    self.gram_coefficient, axis, self.gram_formulation).bind(
+                        self.keep_mask, self.strength, step_size=self.step_size))
             if self.l2_penalty:
                 ours.append(MaskedL2(axis).bind(
                     self.keep_mask, self.strength, self.kept_strength))
@@ -143,6 +168,9 @@ class PruningWrapper(keras.layers.Wrapper):
             variable.assign(value)
 
     def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        if training is True:
+            # Counts train steps even when the optimizer skips the update (mixed precision).
+            self.train_steps.assign_add(keras.ops.ones((), dtype="int64"))
         kwargs = {}
         if "training" in self._layer_call_args:
             kwargs["training"] = training
@@ -157,7 +185,9 @@ class PruningWrapper(keras.layers.Wrapper):
         config = super().get_config()
         config.update({
             "method": self.method,
+            "method_options": self.method_options,
             "gram_coefficient": self.gram_coefficient,
+            "gram_formulation": self.gram_formulation,
             "l2_penalty": self.l2_penalty,
             "num_pruned": self.num_pruned,
             "group": self.group,
@@ -166,7 +196,8 @@ class PruningWrapper(keras.layers.Wrapper):
 
 
 #: Names of the pruning-state variables every PruningWrapper owns.
-STATE_VARIABLES = ("keep_mask", "strength", "kept_strength", "enforce", "stopped_at", "ratio_ema")
+STATE_VARIABLES = ("keep_mask", "strength", "kept_strength", "enforce", "stopped_at", "ratio_ema",
+                   "step_size", "train_steps")
 
 
 def find_wrappers(model: keras.Model) -> list[PruningWrapper]:

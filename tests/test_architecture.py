@@ -124,7 +124,7 @@ def test_core_imports_and_prunes_without_tensorflow(tmp_path):
 def test_only_keras_internals_reads_private_keras_api():
     private = re.compile(r"keras\.src|[.\"']_(nodes_by_depth|functional|inbound_nodes|"
                          r"outbound_nodes|keras_history|output_shape|flatten_layers|"
-                         r"symbolic_build|compile_metrics)\b|SafeModeScope")
+                         r"symbolic_build|compile_metrics|learning_rate)\b|SafeModeScope")
     offenders = []
     for path in sorted((ROOT / "keras_tpp").rglob("*.py")):
         if path.name == "keras_internals.py":
@@ -134,3 +134,64 @@ def test_only_keras_internals_reads_private_keras_api():
             if private.search(code) and not code.strip().startswith(('"', "'")):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# -- adding a method ----------------------------------------------------------------------------
+
+
+class _DelayedController(keras_tpp.controllers.Controller):
+    """Zero the masked channels at train step 3 instead of at the first step."""
+
+    def sync(self, step):
+        from keras_tpp.penalty_schedule import GROW, PRUNED
+
+        if step < 3:
+            return 0.0, GROW
+        if not self.enforced():
+            keras_tpp.controllers.enter_pruned_phase(self.wrappers)
+        return 0.0, PRUNED
+
+
+class _DelayedRandom(keras_tpp.methods.PruningMethod):
+    """A toy method: random channels (chosen at prepare), removed at step 3, no penalty."""
+
+    name = "delayed_random"
+    description = "random channels removed at step 3 (a test method)"
+    selection = "random"
+
+    def controller(self, wrappers, schedule):
+        return _DelayedController(wrappers, schedule)
+
+
+@pytest.fixture
+def delayed_method():
+    keras_tpp.methods.register(_DelayedRandom)
+    yield
+    keras_tpp.methods.unregister("delayed_random")
+
+
+def test_a_registered_method_runs_through_prepare_callback_and_shrink(delayed_method):
+    from keras_tpp import models
+
+    assert "delayed_random" in keras_tpp.methods.names()
+    model = models.small_cnn(widths=(8, 8, 8), input_shape=(16, 16, 3))
+    pmodel = keras_tpp.prepare(model, 0.5, method="delayed_random", seed=4)
+    plan = keras_tpp.make_plan(model, 0.5, method="random", seed=4)
+    assert {k: np.flatnonzero(~m).tolist() for k, m in keras_tpp.get_masks(pmodel).items()} \
+        == {k: v.tolist() for k, v in plan.items()}
+    pmodel.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((16, 16, 16, 3), np.float32)
+    y = np.arange(16) % 10
+    callback = keras_tpp.PruningCallback()
+    pmodel.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])  # steps 0, 1
+    assert isinstance(callback.method, _DelayedRandom)
+    kernel = pmodel.get_layer("conv1").layer.kernel.numpy()
+    assert np.all(np.any(kernel != 0, axis=(0, 1, 2)))  # nothing zeroed before step 3
+    history = pmodel.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert history.history["prune_phase"] == [2.0]
+    thin = keras_tpp.shrink(pmodel)
+    assert thin.get_layer("conv1").filters == 4
+    np.testing.assert_allclose(thin.predict(x, verbose=0), pmodel.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="delayed_random"):
+        keras_tpp.methods.get_method("delayed-random")

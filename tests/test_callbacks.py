@@ -229,3 +229,205 @@ def test_schedule_values_reach_tensorboard(tmp_path):
                     float(tf.make_ndarray(value.tensor)))
     assert values["epoch_prune_lambda"] == pytest.approx([0.2, 0.4])
     assert values["epoch_prune_phase"] == [0.0, 0.0]
+
+
+# -- prune_penalty, non-finite values, mixed precision ------------------------------------
+
+def _np_quantized_lr(lr):
+    return 2.0 ** (np.ceil(16 * np.log2(lr) - 1e-9) / 16)
+
+
+def _np_prune_penalty(pmodel, lr):
+    """TPP's penalty from the weights, written out in numpy (bounded gram weight)."""
+    total = 0.0
+    for wrapper in find_wrappers(pmodel):
+        m = wrapper.keep_mask.numpy()
+        lam = float(wrapper.strength.numpy())
+        layer = wrapper.layer
+        if wrapper.is_producer:
+            kernel = layer.kernel.numpy().astype(np.float64)
+            w = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
+            n = w.shape[0]
+            g = w @ w.T
+            gram = ((g * (1 - np.outer(m, m))) ** 2).sum() / n**2
+            bound = 12 * min(np.sqrt((g**2).sum()), np.abs(g).sum(axis=1).max()) / n**2
+            weight = min(1000.0 * lam, 1.0 / (_np_quantized_lr(lr) * bound))
+            total += weight * gram
+            per = (w**2).sum(axis=1) + layer.bias.numpy().astype(np.float64) ** 2
+        else:
+            per = layer.gamma.numpy().astype(np.float64) ** 2 \
+                + layer.beta.numpy().astype(np.float64) ** 2
+        total += 0.5 * lam * per[m == 0].sum()
+    return total
+
+
+def _regularized_cnn():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="conv1",
+                            kernel_regularizer=keras.regularizers.L2(0.01))(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(2, name="classifier")(x))
+
+
+def test_prune_penalty_is_logged_and_matches_numpy(tmp_path):
+    pmodel = keras_tpp.prepare(_regularized_cnn(), 0.5, method="tpp")
+    lr = 0.3  # large enough for the bound to cut the gram weight of some layer
+    pmodel.compile(optimizer=keras.optimizers.SGD(lr),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8, 8, 3)).astype("float32") * 3
+    y = rng.integers(0, 2, 32)
+    path = os.path.join(tmp_path, "log.csv")
+    cb = keras_tpp.TPPCallback(delta=0.1, interval=1, ceiling=0.5, stabilize_steps=100,
+                               penalty_log_interval=1)
+    batch_logs = []
+    rec = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batch_logs.append(dict(logs)))
+    history = pmodel.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                         callbacks=[cb, rec, keras.callbacks.CSVLogger(path)])
+    expected = _np_prune_penalty(pmodel, lr)
+    assert expected > 0
+    assert history.history["prune_penalty"][-1] == pytest.approx(expected, rel=1e-5)
+    assert batch_logs[-1]["prune_penalty"] == pytest.approx(expected, rel=1e-5)
+    assert all(np.isfinite(row["prune_penalty"]) for row in batch_logs)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["prune_penalty"]) == pytest.approx(expected, rel=1e-5)
+    # Keras' regularization losses = keras_tpp's penalties + the user's own L2.
+    user_l2 = 0.01 * float(np.sum(pmodel.get_layer("conv1").layer.kernel.numpy() ** 2))
+    total = float(sum(np.asarray(v) for v in pmodel.losses))
+    assert total == pytest.approx(expected + user_l2, rel=1e-5)
+    assert keras_tpp.callbacks.prune_penalty(pmodel) == pytest.approx(expected, rel=1e-5)
+
+
+class _Poison(keras.callbacks.Callback):
+    """Writes a NaN into one layer's kernel at the end of a given train step."""
+
+    def __init__(self, at, layer):
+        super().__init__()
+        self.at, self.layer = at, layer
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.at:
+            variable = self.model.get_layer(self.layer).layer.kernel
+            value = variable.numpy()
+            value[0, 0, 0, 0] = np.nan
+            variable.assign(value)
+
+
+def test_non_finite_weights_stop_training_naming_layer_and_lambda():
+    _, pmodel = _prepared()
+    _compile(pmodel)
+    x, y = _data(64)
+    cb = keras_tpp.TPPCallback(delta=0.05, interval=1, ceiling=1.0, stabilize_steps=100,
+                               check_interval=1)
+    with pytest.raises(keras_tpp.NonFiniteError, match=r"conv2.*") as info:
+        pmodel.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                   callbacks=[_Poison(5, "conv2"), cb])
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert error.layer == "conv2" and "kernel" in error.variable
+    # λ is the one the diverging step trained with (set at iteration 4).
+    assert error.iteration == 5 and error.strength == pytest.approx(0.2)
+    assert "prune_lambda=0.2" in str(error) and "restore_last_finite" in str(error)
+    assert error.last_finite_iteration == cb.last_finite_iteration == 4
+    assert cb.restore_last_finite() == 4
+    assert all(np.all(np.isfinite(w)) for w in pmodel.get_weights())
+
+
+def test_non_finite_loss_is_caught_without_periodic_checks():
+    _, pmodel = _prepared()
+    _compile(pmodel)
+    x, y = _data(64)
+    cb = keras_tpp.TPPCallback(delta=0.05, interval=1, ceiling=1.0, stabilize_steps=2,
+                               check_interval=0)
+    with pytest.raises(keras_tpp.NonFiniteError) as info:
+        pmodel.fit(x, y, batch_size=8, epochs=4, verbose=0,
+                   callbacks=[_Poison(3, "conv2"), cb])
+    # The poisoned step's loss was finite; the next one is not, and stops training there,
+    # before the schedule reaches its pruned phase and zeroes (NaN) weights.
+    assert info.value.iteration == 4 and info.value.layer is not None
+    assert "No finite copy" in str(info.value)
+    assert float(find_wrappers(pmodel)[0].enforce.numpy()) == 0.0
+
+
+def _scaled_mse(y_true, y_pred):
+    # y_true = (target, scale): a batch with scale = inf has non-finite gradients.
+    y_pred = keras.ops.cast(y_pred, "float32")
+    return keras.ops.mean(y_true[:, 1:2] * keras.ops.square(y_pred[:, :1] - y_true[:, :1]))
+
+
+def test_schedule_advances_when_the_loss_scaler_skips_steps():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.small_cnn(num_classes=2, input_shape=(16, 16, 3), widths=(8, 8))
+        pmodel = keras_tpp.prepare(model, 0.5, method="tpp")
+        pmodel.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=_scaled_mse)
+        assert isinstance(pmodel.optimizer, keras.optimizers.LossScaleOptimizer)
+        x, _ = _data(96)
+        y = np.ones((96, 2), "float32")
+        skipped = [2, 5, 6, 9]  # batches of 8 whose gradients are infinite
+        for b in skipped:
+            y[8 * b:8 * (b + 1), 1] = np.inf
+        cb = keras_tpp.TPPCallback(delta=0.01, interval=1, ceiling=1.0, stabilize_steps=100)
+        rec = _Recorder()
+        pmodel.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                   callbacks=[cb, rec])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert int(pmodel.optimizer.iterations.numpy()) == 12 - len(skipped)
+    assert [int(w.train_steps.numpy()) for w in find_wrappers(pmodel)] == [12] * 4
+    assert float(find_wrappers(pmodel)[0].strength.numpy()) == pytest.approx(0.12)
+    # λ after each batch follows the train steps, not the optimizer's iterations.
+    assert [row[1] for row in rec.rows] == pytest.approx([0.01 * (i + 1) for i in range(12)])
+    assert all(np.all(np.isfinite(w)) for w in pmodel.get_weights())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"check_interval": True}, "check_interval"), ({"check_interval": -1}, "check_interval"),
+    ({"penalty_log_interval": 1.5}, "penalty_log_interval"),
+    ({"keep_last_finite": 1}, "keep_last_finite"),
+    ({"stop_when_pruned": "yes"}, "stop_when_pruned"),
+    ({"stabilize_steps": True}, "stabilize_steps"), ({"delta": float("nan")}, "delta"),
+    ({"interval": "5"}, "interval"), ({"ceiling": float("nan")}, "ceiling"),
+    ({"verbose": None}, "verbose"),
+])
+def test_callback_names_the_bad_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_tpp.TPPCallback(**kwargs)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"stop_ratio": float("nan")}, "stop_ratio"), ({"kept_strength": float("nan")}, "kept_strength"),
+    ({"ema_momentum": "0.9"}, "ema_momentum"), ({"pick_delta": float("inf")}, "pick_delta"),
+    ({"pick_delta": 0.1, "pick_ceiling": 0.01}, "pick_delta"), ({"stop_ratio": 1.0}, "stop_ratio"),
+])
+def test_method_options_name_the_bad_argument(options, match):
+    with pytest.raises(ValueError, match=match):
+        keras_tpp.methods.GReg2(**options)
+    with pytest.raises(ValueError, match=match):
+        keras_tpp.methods.get_method("greg2", options)
+    with pytest.raises(TypeError):
+        keras_tpp.PruningCallback(**options)  # method options live on the method
+
+
+def test_wrappers_get_the_learning_rate_rounded_up():
+    _, pmodel = _prepared()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+    pmodel.compile(optimizer=keras.optimizers.SGD(schedule),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data(32)
+    seen = []
+    rec = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(
+        (float(pmodel.optimizer.learning_rate.numpy()),
+         float(find_wrappers(pmodel)[0].step_size.numpy()))))
+    cb = keras_tpp.TPPCallback(delta=0.1, interval=1, stabilize_steps=10)
+    pmodel.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb, rec])
+    for lr, eta in seen:
+        # η >= the learning rate, less than 2^(1/16) above it.
+        assert lr <= eta * (1 + 1e-6) and eta < lr * 2 ** (1 / 16) * (1 + 1e-6)
+    assert {float(w.step_size.numpy()) for w in find_wrappers(pmodel)} == {seen[-1][1]}

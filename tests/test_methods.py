@@ -75,11 +75,10 @@ def _conv_net_without_bn():
 
 def test_greg1_grows_until_stop_ratio_then_prunes():
     model = _conv_net_without_bn()
-    pmodel = keras_tpp.prepare(model, 0.5, method="greg1")
+    pmodel = keras_tpp.prepare(model, 0.5, method=keras_tpp.methods.GReg1(stop_ratio=100.0))
     assert all(w.gram_coefficient == 0 for w in find_wrappers(pmodel))
     x, y = _images(64)
-    cb = keras_tpp.PruningCallback(delta=0.1, interval=1, ceiling=50.0, stabilize_steps=3,
-                                   stop_ratio=100.0)
+    cb = keras_tpp.PruningCallback(delta=0.1, interval=1, ceiling=50.0, stabilize_steps=3)
     history = _fit(pmodel, x, y, cb, epochs=12, lr=0.1, momentum=0.0)
     producers = [w for w in find_wrappers(pmodel) if w.is_producer]
     for wrapper in producers:
@@ -115,14 +114,16 @@ def test_greg2_picks_by_curvature_where_l1_picks_by_magnitude():
     model = _curvature_model()
     l1_mask = keras_tpp.get_masks(keras_tpp.prepare(model, 0.25, method="l1"))["hidden"]
     assert np.flatnonzero(~l1_mask).tolist() == [1]  # smallest magnitude
-    pmodel = keras_tpp.prepare(model, 0.25, method="greg2")
+    method = keras_tpp.methods.GReg2(pick_delta=0.05, pick_ceiling=2.0, kept_strength=-1e-4,
+                                     stop_ratio=20.0)
+    pmodel = keras_tpp.prepare(model, 0.25, method=method)
     assert keras_tpp.get_masks(pmodel)["hidden"].all()  # not picked yet
     x = np.random.default_rng(1).normal(size=(256, 6)).astype("float32")
     y = model.predict(x, verbose=0)  # the teacher: the loss holds weights where they are
-    pmodel.compile(keras.optimizers.SGD(0.05), "mse")
-    cb = keras_tpp.PruningCallback(delta=0.05, interval=1, ceiling=5.0, stabilize_steps=2,
-                                   pick_delta=0.05, pick_ceiling=2.0, kept_strength=-1e-4,
-                                   stop_ratio=20.0)
+    # LR 0.02: at 0.05 this model diverged (weights ~1e17) while the picks still looked
+    # right; the divergence guard now stops such a run.
+    pmodel.compile(keras.optimizers.SGD(0.02), "mse")
+    cb = keras_tpp.PruningCallback(delta=0.05, interval=1, ceiling=5.0, stabilize_steps=2)
     history = pmodel.fit(x, y, batch_size=32, epochs=30, callbacks=[cb], verbose=0)
     phases = history.history[PHASE_KEY]
     assert phases[0] == PICK and phases[-1] == PRUNED
@@ -136,10 +137,10 @@ def test_greg2_picks_by_curvature_where_l1_picks_by_magnitude():
 
 def test_greg2_schedule_phases_follow_iterations():
     model = models.small_cnn(num_classes=2, input_shape=(16, 16, 3), widths=(8,))
-    pmodel = keras_tpp.prepare(model, 0.5, method="greg2")
+    pmodel = keras_tpp.prepare(model, 0.5,
+                               method=keras_tpp.methods.GReg2(pick_delta=0.01, pick_ceiling=0.02))
     x, y = _images(32)
-    cb = keras_tpp.PruningCallback(delta=0.5, interval=2, ceiling=1.0, stabilize_steps=2,
-                                   pick_delta=0.01, pick_ceiling=0.02)
+    cb = keras_tpp.PruningCallback(delta=0.5, interval=2, ceiling=1.0, stabilize_steps=2)
     history = _fit(pmodel, x, y, cb, epochs=6)
     # 2 steps per epoch: pick for 4 iterations, push λ 0.02 → 1.0 in 2 increments, hold 2.
     assert history.history[PHASE_KEY] == [PICK, GROW, GROW, STABILIZE, PRUNED, PRUNED]

@@ -165,3 +165,198 @@ def test_penalty_schedule_values():
 def test_penalty_schedule_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         PenaltySchedule(**kwargs)
+
+
+# -- bounded formulation (default) -------------------------------------------------------------
+
+def np_curvature_bound(w):
+    # 12 · min(‖G‖_F, max row sum |G|) / N², G = W Wᵀ.
+    n = w.shape[0]
+    g = w @ w.T
+    return 12.0 * min(np.sqrt((g ** 2).sum()), np.abs(g).sum(axis=1).max()) / n**2
+
+
+def np_bounded_weight(w, coefficient, strength, eta):
+    weight = coefficient * strength
+    if eta <= 0:
+        return weight
+    return min(weight, 1.0 / (eta * np_curvature_bound(w)))
+
+
+def _gram_value_and_grad(kernel, mask, strength, eta, axis, formulation):
+    reg = penalties.GramPenalty(1000.0, axis, formulation).bind(
+        keras.Variable(mask, dtype="float64"), keras.Variable(strength, dtype="float64"),
+        step_size=keras.Variable(eta, dtype="float64"))
+    variable = tf.constant(kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(variable)
+        value = reg(variable)
+    return float(value), np_filter_matrix(tape.gradient(value, variable).numpy(), axis)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("eta", [0.0, 1e-7, 1e-3, 0.1])
+def test_bounded_gram_penalty_value_and_gradient(name, eta):
+    shape, axis = KERNELS[name]
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(size=shape) * 3.0
+    n = shape[axis]
+    mask = np.ones(n)
+    mask[rng.permutation(n)[: n // 2]] = 0.0
+    w = np_filter_matrix(kernel, axis)
+    weight = np_bounded_weight(w, 1000.0, 0.5, eta)
+    value, grad = _gram_value_and_grad(kernel, mask, 0.5, eta, axis, "bounded")
+    np.testing.assert_allclose(value, weight * np_gram(w, mask), rtol=1e-9)
+    # The weight is a constant of the step (no gradient through the bound).
+    np.testing.assert_allclose(grad, weight * np_gram_grad(w, mask), rtol=1e-9, atol=1e-12)
+    exact_value, exact_grad = _gram_value_and_grad(kernel, mask, 0.5, eta, axis, "exact")
+    np.testing.assert_allclose(exact_value, 500.0 * np_gram(w, mask), rtol=1e-10)
+    np.testing.assert_allclose(exact_grad, 500.0 * np_gram_grad(w, mask), rtol=1e-9,
+                               atol=1e-12)
+    step = eta * 500.0 * np_curvature_bound(w)  # η · c·λ · H(W)
+    if eta <= 1e-7:  # inactive (η unknown, or a small step): bounded == exact
+        assert step <= 1.0
+        assert value == pytest.approx(exact_value, rel=1e-12)
+    else:  # active: the weight is cut to η · weight · H(W) = 1
+        assert step > 1.0 and weight < 500.0
+        assert eta * weight * np_curvature_bound(w) == pytest.approx(1.0, rel=1e-12)
+
+
+def _np_gram_hessian(w, m):
+    # Exact Hessian of L_gram over vec(W), by automatic differentiation in float64.
+    x = tf.Variable(w)
+    mask = tf.constant(m)
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            value = penalties.gram_penalty(x, mask)
+        grad = inner.gradient(value, x)
+    hessian = outer.jacobian(grad, x).numpy()
+    return hessian.reshape(w.size, w.size)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_curvature_bound_bounds_the_hessian(seed):
+    rng = np.random.default_rng(seed)
+    n, k = rng.integers(2, 7), rng.integers(1, 6)
+    w = rng.normal(size=(n, k)) * rng.uniform(0.1, 5.0)
+    m = (rng.random(n) < 0.5).astype("float64")
+    largest = np.linalg.eigvalsh(_np_gram_hessian(w, m))[-1]
+    bound = float(penalties.gram_curvature_bound(w))
+    np.testing.assert_allclose(bound, np_curvature_bound(w), rtol=1e-10)
+    assert largest <= bound * (1 + 1e-9)
+
+
+def test_curvature_bound_is_tight_for_one_dominant_pruned_filter():
+    w = np.zeros((3, 4))
+    w[1] = [3.0, 0.0, 0.0, 0.0]
+    m = np.array([1.0, 0.0, 1.0])
+    largest = np.linalg.eigvalsh(_np_gram_hessian(w, m))[-1]
+    np.testing.assert_allclose(largest, 12.0 * 9.0 / 9.0, rtol=1e-9)
+    np.testing.assert_allclose(float(penalties.gram_curvature_bound(w)), largest, rtol=1e-9)
+
+
+def test_bounded_gram_step_contracts_where_exact_overshoots():
+    # A lone pruned filter w: L_gram = ‖w‖⁴/N². Plain gradient descent on c·λ·L from a large
+    # ‖w‖ explodes; with the bounded weight every step shrinks ‖w‖.
+    def run(formulation, steps=20, eta=0.1):
+        w = np.zeros((2, 3))
+        w[1] = [4.0, -2.0, 1.0]
+        m = np.array([1.0, 0.0])
+        for _ in range(steps):
+            weight = (1000.0 if formulation == "exact"
+                      else np_bounded_weight(w, 1000.0, 1.0, eta))
+            w = w - eta * weight * np_gram_grad(w, m)
+            if not np.all(np.isfinite(w)) or np.abs(w).max() > 1e6:
+                return None
+        return w
+    assert run("exact") is None
+    w = run("bounded")
+    assert w is not None and np.linalg.norm(w[1]) < 1.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"coefficient": float("nan")}, "gram_coefficient"),
+    ({"coefficient": float("inf")}, "gram_coefficient"),
+    ({"coefficient": -1.0}, "gram_coefficient"),
+    ({"coefficient": True}, "gram_coefficient"),
+    ({"coefficient": "1000"}, "gram_coefficient"),
+    ({"coefficient": None}, "gram_coefficient"),
+    ({"formulation": "stable"}, "gram_formulation"),
+    ({"formulation": None}, "gram_formulation"),
+    ({"axis": 1.5}, "axis"),
+])
+def test_gram_penalty_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        penalties.GramPenalty(**kwargs)
+
+
+def test_gram_formulation_serializes():
+    for formulation in ("exact", "bounded"):
+        reg = penalties.GramPenalty(10.0, -1, formulation)
+        restored = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
+        assert restored.formulation == formulation
+    # Configs written before the option existed load with the default.
+    assert penalties.GramPenalty.from_config({"coefficient": 5.0, "axis": -1}).formulation \
+        == "bounded"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"gram_coefficient": float("nan")}, "gram_coefficient"),
+    ({"gram_coefficient": float("inf")}, "gram_coefficient"),
+    ({"gram_coefficient": "big"}, "gram_coefficient"),
+    ({"gram_formulation": "normalized"}, "gram_formulation"),
+    ({"num_pruned": 1.5}, "num_pruned"),
+    ({"num_pruned": True}, "num_pruned"),
+    ({"l2_penalty": "yes"}, "l2_penalty"),
+])
+def test_wrapper_rejects_bad_penalty_options(kwargs, match):
+    from keras_tpp.wrappers import PruningWrapper
+    with pytest.raises(ValueError, match=match):
+        PruningWrapper(keras.layers.Conv2D(4, 3), **kwargs)
+
+
+def test_wrapper_config_round_trip_keeps_formulation():
+    from keras_tpp.wrappers import PruningWrapper
+    wrapper = PruningWrapper(keras.layers.Dense(4), gram_formulation="exact")
+    restored = PruningWrapper.from_config(wrapper.get_config())
+    assert restored.gram_formulation == "exact"
+    restored.build((None, 3))
+    grams = [r for r in restored.layer.kernel.regularizer.regularizers
+             if isinstance(r, penalties.GramPenalty)]
+    assert [g.formulation for g in grams] == ["exact"]
+    assert PruningWrapper(keras.layers.Dense(4)).gram_formulation == "bounded"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"delta": float("nan")}, "delta"), ({"delta": True}, "delta"), ({"delta": "0.1"}, "delta"),
+    ({"interval": True}, "interval"), ({"interval": "10"}, "interval"),
+    ({"interval": float("nan")}, "interval"),
+    ({"ceiling": float("nan")}, "ceiling"), ({"ceiling": -1.0}, "ceiling"),
+    ({"ceiling": True}, "ceiling"), ({"ceiling": "1"}, "ceiling"),
+    ({"stabilize_steps": True}, "stabilize_steps"), ({"stabilize_steps": 2.0}, "stabilize_steps"),
+    ({"ramp_steps": True}, "ramp_steps"), ({"ramp_steps": 100.0}, "ramp_steps"),
+    ({"start_step": False}, "start_step"), ({"delta": None}, "delta"),
+])
+def test_penalty_schedule_names_the_bad_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PenaltySchedule(**kwargs)
+
+
+def test_validation_helpers():
+    from keras_tpp import validation as v
+    assert v.finite_float(np.float32(0.5), "x", minimum=0.0) == 0.5
+    assert isinstance(v.finite_float(3, "x"), float)
+    for bad in (float("nan"), float("inf"), True, np.bool_(True), "1", None, [1.0]):
+        with pytest.raises(ValueError, match="^x must be"):
+            v.finite_float(bad, "x")
+    with pytest.raises(ValueError, match="x must be > 0"):
+        v.finite_float(0.0, "x", minimum=0.0, exclusive_minimum=True)
+    with pytest.raises(ValueError, match="x must be <= 1"):
+        v.finite_float(1.5, "x", maximum=1.0)
+    assert v.positive_int(np.int64(3), "n") == 3 and v.non_negative_int(0, "n") == 0
+    for bad in (0, -1, True, 2.0, "2", None):
+        with pytest.raises(ValueError, match="^n must be"):
+            v.positive_int(bad, "n")
+    assert v.one_of("exact", "f", ("exact", "bounded")) == "exact"
+    with pytest.raises(ValueError, match="f must be one of 'exact', 'bounded'"):
+        v.one_of("x", "f", ("exact", "bounded"))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 STAGES = ("pretrain", "prune", "finetune")
-METHODS = ("tpp", "greg1", "greg2", "l1", "random")
 FT_SCHEDULES = ("tpp", "ft", "lrw", "slr", "clr")
 STAGE_FILES = {"pretrain": "pretrained.keras", "prune": "pruned.keras",
                "finetune": "final.keras"}
@@ -68,7 +67,7 @@ class RunConfig:
     Attributes:
       model_dir: where outputs, backups, logs and summary.json go.
       stage: "pretrain", "prune", "finetune" or "all".
-      method: pruning method (one of :data:`METHODS`).
+      method: a pruning method registered in :mod:`keras_tpp.methods`.
       pruning_ratio: a ratio, {pattern: ratio}, or None (the script's default layer set).
       resume: with stage "all", skip stages completed with the same settings.
       epochs, lr: pretraining length and peak learning rate.

@@ -61,6 +61,8 @@ def iteration_logger(path: str, every: int = 1, flush_every: int = 100) -> Any:
         raise ValueError(f"every and flush_every must be >= 1, got {every}, {flush_every}")
     import keras  # lazily: this module must import without TensorFlow
 
+    from keras_tpp.experiments.training import last_learning_rate
+
     class IterationLogger(keras.callbacks.Callback):
         """Per-iteration CSV of loss, accuracy, λ and learning rate (see module doc)."""
 
@@ -80,13 +82,6 @@ def iteration_logger(path: str, every: int = 1, flush_every: int = 100) -> Any:
 
         def _iteration(self) -> int:
             return int(keras.ops.convert_to_numpy(self._optimizer().iterations))
-
-        def _learning_rate(self, iteration: int) -> float:
-            optimizer = self._optimizer()
-            schedule = getattr(optimizer, "_learning_rate", None)
-            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-                return float(keras.ops.convert_to_numpy(schedule(max(iteration - 1, 0))))
-            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
         def on_train_begin(self, logs=None) -> None:
             start = self._iteration()  # after a backup callback restored its state
@@ -112,7 +107,7 @@ def iteration_logger(path: str, every: int = 1, flush_every: int = 100) -> Any:
                     row[key] = number
                 if key not in self.columns:
                     self.columns.append(key)
-            row["learning_rate"] = self._learning_rate(iteration)
+            row["learning_rate"] = last_learning_rate(self.model.optimizer)
             self.rows.append(row)
             self._pending += 1
             if self._pending >= self.flush_every:

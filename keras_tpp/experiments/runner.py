@@ -44,6 +44,7 @@ from keras_tpp.experiments.training import (
     label_masks,
     logging_callbacks,
     pruning_callback,
+    pruning_method,
     schedule_epochs_needed,
     sgd,
 )
@@ -279,8 +280,10 @@ class StageRunner:
 
             ratio, exclude = self.spec.prune_targets(c.pruning_ratio)
             model = self.spec.build_model()
+            with blame("method"):
+                method = pruning_method(c)
             with blame("pruning_ratio"):
-                keras_tpp.prepare(model, ratio, c.method, exclude=exclude, seed=c.seed)
+                keras_tpp.prepare(model, ratio, method, exclude=exclude, seed=c.seed)
 
     def pretrain(self, start: float) -> None:
         import keras_tpp
@@ -315,7 +318,7 @@ class StageRunner:
             c.pruning_ratio)
         with self.strategy.scope():
             with blame("pruning_ratio"):
-                pmodel = keras_tpp.prepare(dense, ratio, c.method, exclude=exclude,
+                pmodel = keras_tpp.prepare(dense, ratio, pruning_method(c), exclude=exclude,
                                            seed=c.seed)
             compile_classifier(pmodel, sgd(c.prune_lr), c.weight_decay)
         masks = keras_tpp.get_masks(pmodel)

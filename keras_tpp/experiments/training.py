@@ -14,24 +14,29 @@ if TYPE_CHECKING:  # pragma: no cover
     from keras_tpp.experiments.config import RunConfig
 
 
+def last_learning_rate(optimizer) -> float:
+    """The learning rate the optimizer's last step used (a schedule evaluated at it)."""
+    import keras
+
+    from keras_tpp import keras_internals
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    schedule = keras_internals.learning_rate_schedule(inner)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        step = max(int(keras.ops.convert_to_numpy(inner.iterations)) - 1, 0)
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+    return float(keras.ops.convert_to_numpy(inner.learning_rate))
+
+
 def learning_rate_logger():
     """A callback that puts the learning rate of the epoch's last step into the logs as
     ``learning_rate`` (so CSVLogger and TensorBoard record it)."""
     import keras
 
     class LearningRateLogger(keras.callbacks.Callback):
-        def _current(self):
-            optimizer = self.model.optimizer
-            inner = getattr(optimizer, "inner_optimizer", optimizer)
-            schedule = getattr(inner, "_learning_rate", None)
-            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-                step = max(int(keras.ops.convert_to_numpy(inner.iterations)) - 1, 0)
-                return float(keras.ops.convert_to_numpy(schedule(step)))
-            return float(keras.ops.convert_to_numpy(inner.learning_rate))
-
         def on_epoch_end(self, epoch, logs=None):
             if logs is not None:
-                logs["learning_rate"] = self._current()
+                logs["learning_rate"] = last_learning_rate(self.model.optimizer)
 
     return LearningRateLogger()
 
@@ -105,35 +110,53 @@ def compile_classifier(model, optimizer, weight_decay: float = 0.0) -> None:
                   metrics=["accuracy"])
 
 
-def schedule_epochs_needed(config: "RunConfig", steps_per_epoch: int) -> int:
-    """Epochs that surely reach the pruned phase of ``method``'s schedule (training stops
-    there): TPP's end_step = K_u·ceil(τ/Δ) + K_s (+ GReg-2's picking phase) plus one step."""
+def pruning_method(config: "RunConfig"):
+    """The keras_tpp method object of ``config.method`` with the options it takes from
+    ``config`` (GReg's ``stop_ratio``, ``pick_delta``, ``pick_ceiling``, ``kept_strength``)."""
+    import inspect
+
+    from keras_tpp import methods
+
+    cls = methods.METHODS.get(config.method)
+    if cls is None:  # get_method's error lists the valid names
+        return methods.get_method(config.method)
+    accepted = inspect.signature(cls.__init__).parameters
+    options = {k: getattr(config, k) for k in accepted if k != "self" and hasattr(config, k)}
+    return methods.get_method(config.method, options)
+
+
+def pruning_schedule(config: "RunConfig"):
+    """The growing-penalty schedule of ``config`` (Δ, K_u, τ, K_s)."""
+    from keras_tpp.penalty_schedule import PenaltySchedule
+
     c = config
-    if c.method in ("l1", "random"):
+    return PenaltySchedule(delta=c.delta, interval=c.interval, ceiling=c.ceiling,
+                           stabilize_steps=c.stabilize_steps)
+
+
+def schedule_epochs_needed(config: "RunConfig", steps_per_epoch: int) -> int:
+    """Epochs that surely reach the pruned phase of the method's schedule (training stops
+    there): the method's :meth:`~keras_tpp.methods.PruningMethod.last_step` plus one step."""
+    steps = pruning_method(config).last_step(pruning_schedule(config))
+    if steps == 0:
         return 1
-    steps = c.interval * math.ceil(c.ceiling / c.delta - 1e-6) + c.stabilize_steps
-    if c.method == "greg2":
-        steps += c.interval * math.ceil(c.pick_ceiling / c.pick_delta - 1e-6)
     # Margin: under mixed precision, dynamic loss scaling skips steps with non-finite
-    # gradients (at least a few at the start), and those are not optimizer iterations.
-    # Training stops at the pruned phase anyway.
+    # gradients (at least a few at the start). Training stops at the pruned phase anyway.
     import keras
 
     margin = 64 if keras.mixed_precision.global_policy().name.startswith("mixed") else 0
     return max(1, math.ceil((steps + 2 + margin) / steps_per_epoch) + 1)
 
 
-
 def pruning_callback(config: "RunConfig", stop_when_pruned: bool = True):
-    """keras_tpp.PruningCallback with ``config``'s schedule (Δ, K_u, τ, K_s, GReg's)."""
+    """keras_tpp.PruningCallback with ``config``'s schedule (Δ, K_u, τ, K_s); the method's
+    own options travel with the prepared model."""
     import keras_tpp
 
     c = config
     return keras_tpp.PruningCallback(
         delta=c.delta, interval=c.interval, ceiling=c.ceiling,
-        stabilize_steps=c.stabilize_steps, stop_ratio=c.stop_ratio,
-        pick_delta=c.pick_delta, pick_ceiling=c.pick_ceiling,
-        kept_strength=c.kept_strength, stop_when_pruned=stop_when_pruned,
+        stabilize_steps=c.stabilize_steps, stop_when_pruned=stop_when_pruned,
         verbose=1 if c.verbose else 0)
 
 

@@ -35,6 +35,11 @@ class PruningMethod:
         """The object that sets the wrappers' λ, masks and phase at each step."""
         raise NotImplementedError
 
+    def last_step(self, schedule: PenaltySchedule) -> int:
+        """An upper bound of the train step at which the pruned phase starts (e.g. to size
+        a pruning stage that stops there)."""
+        return schedule.end_step
+
     def get_config(self) -> dict[str, Any]:
         """The method's options (empty for methods without options)."""
         return {}

@@ -7,6 +7,8 @@ smallest filters then, and pushes them as GReg-1 while the kept ones get ``kept_
 """
 from __future__ import annotations
 
+import math
+
 from keras_tpp import controllers
 from keras_tpp.methods.base import PruningMethod
 from keras_tpp.methods.registry import register
@@ -76,3 +78,7 @@ class GReg2(GReg1):
 
     def controller(self, wrappers, schedule):
         return controllers.GRegController(wrappers, schedule, picking=True, **self._options())
+
+    def last_step(self, schedule):
+        pick_end = schedule.interval * math.ceil(self.pick_ceiling / self.pick_delta - 1e-6)
+        return pick_end + schedule.end_step

@@ -21,6 +21,9 @@ class L1(PruningMethod):
     def controller(self, wrappers, schedule):
         return controllers.OneShotController(wrappers, schedule)
 
+    def last_step(self, schedule):
+        return 0
+
 
 @register
 class Random(L1):
