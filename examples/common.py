@@ -27,6 +27,12 @@ from typing import Callable, Sequence
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
+# The same values as keras_tpp.experiments.config's (not imported from there: importing
+# keras_tpp starts TensorFlow, and flag errors must come before that).
+STAGES = ("pretrain", "prune", "finetune")
+FT_SCHEDULES = ("tpp", "ft", "lrw", "slr", "clr")
+STAGE_FILES = {"pretrain": "pretrained.keras", "prune": "pruned.keras",
+               "finetune": "final.keras"}
 
 
 # ------------------------------------------------------------------------------- errors
@@ -158,18 +164,16 @@ def parse_int_list(text_list: Sequence[str], flag: str) -> list[int]:
 def define_training_flags(defaults: dict) -> None:
     """Flags shared by cifar.py and imagenet.py; ``defaults`` gives the per-script recipe."""
     d = defaults
-    import_tensorflow_quietly()  # keras_tpp imports TensorFlow: without its start-up noise
-    from keras_tpp import methods
-    from keras_tpp.experiments.config import FT_SCHEDULES, STAGES
-
     flags.DEFINE_enum("stage", "all", STAGES + ("all",),
                       "Which stage to run: pretrain → <model_dir>/pretrained.keras; prune "
                       "(needs pretrained.keras) → pruned.keras, the thin model; finetune "
                       "(needs pruned.keras) → final.keras; all = the three in order (a stage "
                       "whose output exists from a completed run with the same flags is "
                       "skipped, see --resume).")
-    flags.DEFINE_enum("method", "tpp", methods.names(),
-                      "Pruning method (the methods registered in keras_tpp.methods).")
+    # A string checked against keras_tpp.methods' registry once TensorFlow is up (importing
+    # keras_tpp starts it; the other flag errors come before that).
+    flags.DEFINE_string("method", "tpp", "Pruning method: a name registered in "
+                        "keras_tpp.methods (keras_tpp.methods.names()).")
     flags.DEFINE_string("pruning_ratio", d["pruning_ratio"], d["pruning_ratio_help"])
     flags.DEFINE_string("model_dir", d["model_dir"],
                         "Where stage outputs, backups (resumption), CSV and TensorBoard logs "
@@ -385,7 +389,11 @@ def run_config():
     ``settings`` holds every flag of the script (recorded in summary.json)."""
     import dataclasses
 
+    from keras_tpp import methods
     from keras_tpp.experiments.config import RunConfig
+
+    with blame("method"):
+        methods.get_method(FLAGS.method)
 
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
               if f.name in FLAGS}
@@ -406,8 +414,6 @@ def run_stages(spec, strategy) -> None:
 
 def check_stage_inputs(model_dir: str) -> None:
     """--stage prune / finetune need the previous stage's output in --model_dir."""
-    from keras_tpp.experiments.config import STAGE_FILES
-
     needs = {"prune": "pretrain", "finetune": "prune"}
     previous = needs.get(FLAGS.stage)
     if previous:

@@ -431,3 +431,12 @@ def test_wrappers_get_the_learning_rate_rounded_up():
         # η >= the learning rate, less than 2^(1/16) above it.
         assert lr <= eta * (1 + 1e-6) and eta < lr * 2 ** (1 / 16) * (1 + 1e-6)
     assert {float(w.step_size.numpy()) for w in find_wrappers(pmodel)} == {seen[-1][1]}
+
+
+def test_callback_takes_a_schedule_object():
+    schedule = keras_tpp.PenaltySchedule(interval=2, ramp_steps=20, stabilize_steps=5)
+    callback = keras_tpp.PruningCallback(schedule=schedule)
+    assert callback.schedule is schedule
+    assert callback.get_config()["ramp_steps"] == 20
+    with pytest.raises(ValueError, match="PenaltySchedule"):
+        keras_tpp.PruningCallback(schedule={"ramp_steps": 20})

@@ -462,6 +462,15 @@ def test_bad_inputs_fail_with_one_line_naming_the_flag(tmp_path):
     assert os.listdir(tmp_path) == []  # nothing written anywhere
 
 
+def test_unknown_method_is_checked_against_the_registry(tmp_path):
+    proc = run("cifar.py", ["--method", "ttp", "--data_source", "synthetic",
+                            "--model_dir", str(tmp_path / "run")], tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "--method" in lines[0] and "'ttp'" in lines[0] and "'greg2'" in lines[0]
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_bad_input_found_late_leaves_outputs_alone(cifar_all, cifar_folder, tmp_path):
     """A layer pattern that matches nothing is only found once the model is loaded: one-line
     error naming --pruning_ratio, and the existing pruned.keras and summary are untouched;

@@ -72,6 +72,8 @@ class PruningCallback(keras.callbacks.Callback):
         ramp_steps: give the schedule by length instead of ``delta``: λ reaches the ceiling
             after this many steps.
         start_step: step at which λ starts growing (TPP).
+        schedule: a :class:`~keras_tpp.PenaltySchedule` object instead of the arguments
+            above (which are then ignored).
         stop_when_pruned: end training (``model.stop_training``) as soon as the pruned phase
             is reached, e.g. to shrink the model and fine-tune it with a fresh optimizer.
         check_interval: check the model's weights for non-finite values (and keep an
@@ -108,6 +110,7 @@ class PruningCallback(keras.callbacks.Callback):
         ramp_steps: int | None = None,
         start_step: int = 0,
         *,
+        schedule: PenaltySchedule | None = None,
         stop_when_pruned: bool = False,
         check_interval: int = 100,
         keep_last_finite: bool = True,
@@ -115,9 +118,15 @@ class PruningCallback(keras.callbacks.Callback):
         verbose: int = 0,
     ) -> None:
         super().__init__()
-        self.schedule = PenaltySchedule(
-            delta=delta, interval=interval, ceiling=ceiling, stabilize_steps=stabilize_steps,
-            ramp_steps=ramp_steps, start_step=start_step)
+        if schedule is not None:
+            if not isinstance(schedule, PenaltySchedule):
+                raise ValueError(f"schedule must be a keras_tpp.PenaltySchedule, got "
+                                 f"{type(schedule).__name__}.")
+            self.schedule = schedule
+        else:
+            self.schedule = PenaltySchedule(
+                delta=delta, interval=interval, ceiling=ceiling,
+                stabilize_steps=stabilize_steps, ramp_steps=ramp_steps, start_step=start_step)
         if not isinstance(stop_when_pruned, bool):
             raise ValueError(f"stop_when_pruned must be True or False, got {stop_when_pruned!r}.")
         self.stop_when_pruned = stop_when_pruned

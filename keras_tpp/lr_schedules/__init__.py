@@ -73,15 +73,7 @@ def retraining_schedule(
             kwargs["learning_rate"] = original.final_learning_rate
         return FineTuneSchedule(**kwargs)
     if kind == "lrw":
-        return LRRewinding(
-            budget_epochs,
-            steps_per_epoch,
-            original.initial_learning_rate,
-            list(original.boundaries),
-            original.factor,
-            original.epochs,
-            **kwargs,
-        )
+        return LRRewinding.from_original(original, budget_epochs, steps_per_epoch, **kwargs)
     if kind == "slr":
         kwargs.setdefault("milestones", [b / original.epochs for b in original.boundaries])
         kwargs.setdefault("factor", original.factor)

@@ -177,7 +177,8 @@ class LRRewinding(StepDecay):
 
     @classmethod
     def from_original(
-        cls, original: OriginalSchedule, budget_epochs: int, steps_per_epoch: int
+        cls, original: OriginalSchedule, budget_epochs: int, steps_per_epoch: int,
+        **kwargs: Any,
     ) -> "LRRewinding":
         """LRW of ``original`` with a budget of ``budget_epochs`` epochs."""
         return cls(
@@ -187,6 +188,7 @@ class LRRewinding(StepDecay):
             list(original.boundaries),
             original.factor,
             original.epochs,
+            **kwargs,
         )
 
     def get_config(self) -> dict:
