@@ -437,6 +437,6 @@ def test_callback_takes_a_schedule_object():
     schedule = keras_tpp.PenaltySchedule(interval=2, ramp_steps=20, stabilize_steps=5)
     callback = keras_tpp.PruningCallback(schedule=schedule)
     assert callback.schedule is schedule
-    assert callback.get_config()["ramp_steps"] == 20
+    assert callback.get_config()["stabilize_steps"] == 5 and callback.schedule.end_step == 25
     with pytest.raises(ValueError, match="PenaltySchedule"):
         keras_tpp.PruningCallback(schedule={"ramp_steps": 20})
