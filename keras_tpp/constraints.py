@@ -18,21 +18,26 @@ from keras_tpp.validation import integer
 
 @keras.saving.register_keras_serializable(package="keras_tpp")
 class ChannelMask(keras.constraints.Constraint):
-    """w ← w · (1 − e·(1 − m)) along ``axis``: zeroes pruned channels when enforcing (e = 1).
+    """w ← w · (1 − e·(1 − m)): zeroes the masked entries when enforcing (e = 1).
+
+    The mask has two granularities: one entry per channel along ``axis`` (structured
+    pruning), or, with ``axis=None``, one entry per weight, of the weight's shape
+    (unstructured, weight-level sparsity).
 
     Args:
-        axis: axis of the weight that indexes channels.
+        axis: axis of the weight that indexes channels; None for a weight-shaped mask.
         inner: an existing constraint of the weight, applied first.
     """
 
-    def __init__(self, axis: int = -1, inner: Callable | None = None) -> None:
-        self.axis = integer(axis, "axis")
+    def __init__(self, axis: int | None = -1, inner: Callable | None = None) -> None:
+        self.axis = None if axis is None else integer(axis, "axis")
         self.inner = keras.constraints.get(inner) if inner is not None else None
         self._keep_mask = None
         self._enforce = None
 
     def bind(self, keep_mask: Any, enforce: Any) -> "ChannelMask":
-        """Attach the keep-mask (N,) and the 0/1 enforce scalar; returns self."""
+        """Attach the keep-mask ((N,) or the weight's shape) and the 0/1 enforce scalar;
+        returns self."""
         self._keep_mask = keep_mask
         self._enforce = enforce
         return self
@@ -45,6 +50,8 @@ class ChannelMask(keras.constraints.Constraint):
         mask = ops.cast(self._keep_mask, w.dtype)
         enforce = ops.cast(self._enforce, w.dtype)
         factor = 1.0 - enforce * (1.0 - mask)
+        if self.axis is None:
+            return w * factor
         shape = filters.channel_broadcast_shape(tuple(w.shape), self.axis)
         return w * ops.reshape(factor, shape)
 

@@ -42,7 +42,10 @@ def _require_prepared(model: keras.Model, what: str) -> dict[str, PruningWrapper
 
 
 def get_masks(model: keras.Model, include_norms: bool = False) -> dict[str, np.ndarray]:
-    """{producer layer path: bool array (N,), True = kept} of a prepared model.
+    """{producer layer path: bool array, True = kept} of a prepared model.
+
+    Channel-level methods give one entry per output channel, shape (N,); weight-level
+    methods (e.g. ``"magnitude"``) give a mask of the kernel's shape.
 
     Keys are layer paths ("conv1", or "backbone/conv1" inside a nested model), the keys
     :func:`keras_tpp.shrink` accepts in a plan. With ``include_norms`` the wrapped batch
@@ -78,6 +81,13 @@ def check_pruned_channels_zero(model: keras.Model) -> None:
     step that zeroes them is :func:`apply_masks` (or the end of the pruning schedule).
     """
     for path, wrapper in _require_prepared(model, "shrink(model) without a plan").items():
+        if wrapper.granularity == "weight":
+            raise ValueError(
+                f"Layer '{path}' has a weight-level (unstructured) mask: shrink removes whole "
+                "channels, and a sparse model keeps its shapes. Use keras_tpp.strip(model) "
+                "for the plain sparse model (its masked weights are exactly zero once the "
+                "masks are applied) and keras_tpp.export(..., sparse=True) to store it "
+                "compactly.")
         mask = keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
         for variable, axis in wrapper.masked_variables():
             value = keras.ops.convert_to_numpy(variable.value)

@@ -114,6 +114,36 @@ def resolve_group_ratios(
     return ratios
 
 
+def weight_layers(model, layers: Patterns = None, exclude: Patterns = None) -> list:
+    """The producers (Conv/Dense kernels, first conv and classifier included) whose weights a
+    weight-level method masks: every one, or those matching ``layers``, minus ``exclude``.
+
+    A pattern that matches no producer is a ValueError naming the producers. Returns
+    :class:`~keras_tpp.graph.LayerRef` s.
+    """
+    from keras_tpp import filters
+    from keras_tpp.graph import iter_layers
+
+    producers = [ref for ref in iter_layers(model) if filters.is_producer(ref.layer)]
+    names = ", ".join(ref.path_str for ref in producers) or "(none)"
+
+    def matching(pattern: str, what: str) -> list:
+        hits = [ref for ref in producers if _matches(ref, pattern)]
+        if not hits:
+            raise ValueError(f"{what} '{pattern}' matches no Conv or Dense layer. Producer "
+                             f"layers: {names}.")
+        return hits
+
+    chosen = producers
+    if layers is not None:
+        keep = {id(ref) for p in as_patterns(layers, "layers") for ref in matching(p, "layers pattern")}
+        chosen = [ref for ref in chosen if id(ref) in keep]
+    for pattern in as_patterns(exclude, "exclude") or []:
+        gone = {id(ref) for ref in matching(pattern, "exclude pattern")}
+        chosen = [ref for ref in chosen if id(ref) not in gone]
+    return chosen
+
+
 def choose_pruned(
     graph: DependencyGraph,
     ratios: Mapping[int, float],

@@ -9,11 +9,21 @@ What comes after training (reading and applying masks, stripping the wrappers) i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import keras
 import numpy as np
 
-from keras_tpp import cloning, importance, methods, penalties, selection, validation
+from keras_tpp import (
+    cloning,
+    filters,
+    importance,
+    methods,
+    penalties,
+    selection,
+    sparsity,
+    validation,
+)
 from keras_tpp.graph import ChannelGroup, DependencyGraph
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
@@ -99,6 +109,8 @@ def prepare(
     seed = selection.check_seed(seed)
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
+    if spec.granularity == "weight":
+        return _prepare_weight_masks(model, pruning_ratio, spec, layers, exclude)
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
     plans = _plan_groups(graph, ratios, spec, seed)
@@ -140,6 +152,50 @@ def prepare(
             group=plan.group.producers[0].path_str,
         )
         masks[id(wrapper)] = keep
+        return wrapper
+
+    pmodel = cloning.clone(model, replace=replace, compiled=True).model
+    for wrapper in find_wrappers(pmodel):
+        wrapper.keep_mask.assign(masks[id(wrapper)].astype("float32"))
+    return pmodel
+
+
+def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
+                          spec: methods.PruningMethod, layers: selection.Patterns,
+                          exclude: selection.Patterns) -> keras.Model:
+    """prepare() for a weight-level method: one mask of its kernel's shape per producer,
+    the smallest |w| masked (globally, or per layer with ``ranking="layer"``)."""
+    if isinstance(pruning_ratio, Mapping):
+        raise ValueError(
+            f"Method '{spec.name}' masks individual weights and takes one pruning_ratio (the "
+            "fraction of all prunable weights removed); per-pattern ratios are not "
+            "supported for it: select layers with layers= and exclude=.")
+    ratio = importance.check_ratio(pruning_ratio)
+    refs = selection.weight_layers(model, layers, exclude)
+    kernels = {ref.path_str: keras.ops.convert_to_numpy(filters.output_kernel(ref.layer))
+               for ref in refs}
+    keep = sparsity.magnitude_masks(
+        kernels, {k: np.ones(v.shape, dtype=bool) for k, v in kernels.items()}, ratio,
+        ranking=getattr(spec, "ranking", "global"))
+    if not refs or all(mask.all() for mask in keep.values()):
+        raise ValueError(
+            f"Nothing to prune in model '{model.name}': "
+            f"{'no Conv or Dense layer is selected' if not refs else 'the pruning ratio is 0'}"
+            ". prepare() would return an unchanged copy; check pruning_ratio, layers= and "
+            "exclude=.")
+    by_layer = {id(ref.layer): (ref.path_str, keep[ref.path_str]) for ref in refs}
+    masks = {}  # id(wrapper) -> keep-mask
+
+    def replace(layer: keras.layers.Layer, copy: cloning.LayerCopier):
+        entry = by_layer.get(id(layer))
+        if entry is None:
+            return None
+        path, mask = entry
+        wrapper = PruningWrapper(
+            copy(layer), method=spec.name, method_options=spec.get_config(),
+            granularity="weight", gram_coefficient=0.0, l2_penalty=False,
+            num_pruned=int((~mask).sum()), group=path)
+        masks[id(wrapper)] = mask
         return wrapper
 
     pmodel = cloning.clone(model, replace=replace, compiled=True).model

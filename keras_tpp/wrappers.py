@@ -26,11 +26,16 @@ import inspect
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_tpp import filters
 from keras_tpp.constraints import ChannelMask
 from keras_tpp.penalties import GRAM_FORMULATIONS, GramPenalty, MaskedL2, RegularizerSum
 from keras_tpp.validation import finite_float, non_negative_int, one_of
+
+
+#: Mask granularities: one entry per output channel, or one per kernel weight.
+GRANULARITIES = ("channel", "weight")
 
 
 def is_norm(layer: keras.layers.Layer) -> bool:
@@ -59,6 +64,9 @@ class PruningWrapper(keras.layers.Wrapper):
             γ and β of batch norms).
         num_pruned: how many channels the method removes (known before the mask for GReg-2).
         group: name of the channel group this layer belongs to.
+        granularity: "channel" (``keep_mask`` has one entry per output channel) or
+            "weight" (``keep_mask`` has the output kernel's shape: unstructured sparsity;
+            the mask alone: ``gram_coefficient`` and ``l2_penalty`` are not used).
     """
 
     def __init__(
@@ -71,8 +79,10 @@ class PruningWrapper(keras.layers.Wrapper):
         group: str | None = None,
         gram_formulation: str = "bounded",
         method_options: dict | None = None,
+        granularity: str = "channel",
         **kwargs: Any,
     ) -> None:
+        granularity = one_of(granularity, "granularity", GRANULARITIES)
         gram_coefficient = finite_float(gram_coefficient, "gram_coefficient", minimum=0.0)
         gram_formulation = one_of(gram_formulation, "gram_formulation", GRAM_FORMULATIONS)
         num_pruned = non_negative_int(num_pruned, "num_pruned")
@@ -93,6 +103,10 @@ class PruningWrapper(keras.layers.Wrapper):
         self.l2_penalty = l2_penalty
         self.num_pruned = int(num_pruned)
         self.group = group or layer.name
+        self.granularity = granularity
+        if granularity == "weight" and not filters.is_producer(layer):
+            raise ValueError(f"Weight-level masks apply to Conv/Dense kernels; layer "
+                             f"'{layer.name}' is a {type(layer).__name__}.")
         self._layer_call_args = set(inspect.signature(layer.call).parameters)
 
     @property
@@ -108,9 +122,10 @@ class PruningWrapper(keras.layers.Wrapper):
     def build(self, input_shape: Any = None) -> None:
         if not self.layer.built:
             self.layer.build(input_shape)
-        n = self.num_channels
+        shape = ((self.num_channels,) if self.granularity == "channel"
+                 else tuple(filters.output_kernel(self.layer).shape))
         self.keep_mask = self.add_weight(
-            name="keep_mask", shape=(n,), initializer="ones", trainable=False)
+            name="keep_mask", shape=shape, initializer="ones", trainable=False)
         self.strength = self.add_weight(
             name="strength", shape=(), initializer="zeros", trainable=False)
         self.kept_strength = self.add_weight(
@@ -130,9 +145,12 @@ class PruningWrapper(keras.layers.Wrapper):
         self._attach_penalties()
         self.built = True
 
-    def masked_variables(self) -> list[tuple[Any, int]]:
-        """(variable, channel axis) pairs whose pruned channels are zeroed by the mask."""
+    def masked_variables(self) -> list[tuple[Any, int | None]]:
+        """(variable, channel axis) pairs whose pruned channels are zeroed by the mask; the
+        axis is None for the kernel of a weight-level mask (one entry per weight)."""
         layer = self.layer
+        if self.granularity == "weight":
+            return [(filters.output_kernel(layer), None)]
         if self.is_producer:
             pairs = [(filters.output_kernel(layer), filters.output_axis(layer))]
             if getattr(layer, "use_bias", False) and layer.bias is not None:
@@ -143,6 +161,10 @@ class PruningWrapper(keras.layers.Wrapper):
     def _attach_penalties(self) -> None:
         for index, (variable, axis) in enumerate(self.masked_variables()):
             ours = []
+            if axis is None:  # a weight-level mask: the constraint alone
+                variable.constraint = ChannelMask(None, inner=variable.constraint).bind(
+                    self.keep_mask, self.enforce)
+                continue
             if self.is_producer and index == 0 and self.gram_coefficient > 0:
                 ours.append(GramPenalty(
                     self.gram_coefficient, axis, self.gram_formulation).bind(
@@ -162,6 +184,9 @@ class PruningWrapper(keras.layers.Wrapper):
         mask = keras.ops.convert_to_numpy(self.keep_mask.value).astype(bool)
         for variable, axis in self.masked_variables():
             value = keras.ops.convert_to_numpy(variable.value).copy()
+            if axis is None:
+                variable.assign(np.where(mask, value, 0.0).astype(value.dtype))
+                continue
             index = [slice(None)] * value.ndim
             index[axis % value.ndim] = ~mask
             value[tuple(index)] = 0.0
@@ -186,6 +211,7 @@ class PruningWrapper(keras.layers.Wrapper):
         config.update({
             "method": self.method,
             "method_options": self.method_options,
+            "granularity": self.granularity,
             "gram_coefficient": self.gram_coefficient,
             "gram_formulation": self.gram_formulation,
             "l2_penalty": self.l2_penalty,

@@ -18,6 +18,8 @@ class PruningMethod:
         gram: attach TPP's gram decorrelation term to the producers' kernels.
         l2: attach the masked L2 term to producers' kernels and biases.
         norm_l2: attach the masked L2 term to γ/β of the batch norms that follow.
+        granularity: "channel" (masks over output channels, removed by surgery) or
+            "weight" (masks of each kernel's shape: unstructured sparsity).
 
     Instances carry the method's own options (e.g. GReg's stopping ratio) and serialize them
     with :meth:`get_config`; the pruning callback builds the method's controller with
@@ -30,6 +32,7 @@ class PruningMethod:
     gram: ClassVar[bool] = False
     l2: ClassVar[bool] = False
     norm_l2: ClassVar[bool] = False
+    granularity: ClassVar[str] = "channel"
 
     def controller(self, wrappers: list, schedule: PenaltySchedule) -> controllers.Controller:
         """The object that sets the wrappers' λ, masks and phase at each step."""

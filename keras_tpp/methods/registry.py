@@ -15,6 +15,9 @@ def register(cls: type) -> type:
     if cls.selection not in ("l1", "random", "deferred"):
         raise ValueError(f"{cls.__name__}.selection must be 'l1', 'random' or 'deferred', got "
                          f"{cls.selection!r}.")
+    if cls.granularity not in ("channel", "weight"):
+        raise ValueError(f"{cls.__name__}.granularity must be 'channel' or 'weight', got "
+                         f"{cls.granularity!r}.")
     METHODS[cls.name] = cls
     return cls
 
