@@ -393,7 +393,13 @@ def run_config():
     from keras_tpp.experiments.config import RunConfig
 
     with blame("method"):
-        methods.get_method(FLAGS.method)
+        method = methods.get_method(FLAGS.method)
+    if method.granularity != "channel":
+        channel_level = [n for n in methods.names()
+                         if methods.METHODS[n].granularity == "channel"]
+        raise usage_error("method", f"'{FLAGS.method}' masks individual weights; these "
+                          "scripts prune channels and shrink the model (channel-level "
+                          f"methods: {', '.join(channel_level)})")
 
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
               if f.name in FLAGS}

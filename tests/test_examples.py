@@ -469,6 +469,11 @@ def test_unknown_method_is_checked_against_the_registry(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert "--method" in lines[0] and "'ttp'" in lines[0] and "'greg2'" in lines[0]
     assert not os.path.exists(tmp_path / "run")
+    proc = run("cifar.py", ["--method", "magnitude", "--data_source", "synthetic",
+                            "--model_dir", str(tmp_path / "run")], tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "--method" in lines[0] and "individual weights" in lines[0]
 
 
 def test_bad_input_found_late_leaves_outputs_alone(cifar_all, cifar_folder, tmp_path):
