@@ -133,15 +133,13 @@ def prepare(
             if id(norm) not in wrap:
                 wrap[id(norm)] = (plan, np.ones(int(norm.moving_mean.shape[0]), dtype=bool))
             wrap[id(norm)][1][slot.offset:slot.offset + plan.group.size] &= plan.keep_mask
-    masks = {}  # id(wrapper) -> keep-mask, set once the clone exists
-
-    def replace(layer: keras.layers.Layer, copy: cloning.LayerCopier):
+    def make_wrapper(layer: keras.layers.Layer, copy: cloning.LayerCopier):
         entry = wrap.get(id(layer))
         if entry is None:
             return None
         plan, keep = entry
         producer = not is_norm(layer)
-        wrapper = PruningWrapper(
+        return PruningWrapper(
             copy(layer),
             method=spec.name,
             method_options=spec.get_config(),
@@ -150,8 +148,22 @@ def prepare(
             l2_penalty=spec.l2 if producer else spec.norm_l2,
             num_pruned=int((~keep).sum()) if spec.selection != "deferred" else plan.num_pruned,
             group=plan.group.producers[0].path_str,
-        )
-        masks[id(wrapper)] = keep
+        ), keep
+
+    return _clone_wrapped(model, make_wrapper)
+
+
+def _clone_wrapped(model: keras.Model, make_wrapper) -> keras.Model:
+    """A clone of ``model`` in which ``make_wrapper(layer, copy)`` → (PruningWrapper,
+    keep-mask) or None wraps layers; each wrapper's mask is set once the clone is built."""
+    masks = {}  # id(wrapper) -> keep-mask
+
+    def replace(layer: keras.layers.Layer, copy: cloning.LayerCopier):
+        made = make_wrapper(layer, copy)
+        if made is None:
+            return None
+        wrapper, mask = made
+        masks[id(wrapper)] = mask
         return wrapper
 
     pmodel = cloning.clone(model, replace=replace, compiled=True).model
@@ -184,21 +196,15 @@ def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
             ". prepare() would return an unchanged copy; check pruning_ratio, layers= and "
             "exclude=.")
     by_layer = {id(ref.layer): (ref.path_str, keep[ref.path_str]) for ref in refs}
-    masks = {}  # id(wrapper) -> keep-mask
 
-    def replace(layer: keras.layers.Layer, copy: cloning.LayerCopier):
+    def make_wrapper(layer: keras.layers.Layer, copy: cloning.LayerCopier):
         entry = by_layer.get(id(layer))
         if entry is None:
             return None
         path, mask = entry
-        wrapper = PruningWrapper(
+        return PruningWrapper(
             copy(layer), method=spec.name, method_options=spec.get_config(),
             granularity="weight", gram_coefficient=0.0, l2_penalty=False,
-            num_pruned=int((~mask).sum()), group=path)
-        masks[id(wrapper)] = mask
-        return wrapper
+            num_pruned=int((~mask).sum()), group=path), mask
 
-    pmodel = cloning.clone(model, replace=replace, compiled=True).model
-    for wrapper in find_wrappers(pmodel):
-        wrapper.keep_mask.assign(masks[id(wrapper)].astype("float32"))
-    return pmodel
+    return _clone_wrapped(model, make_wrapper)
