@@ -244,8 +244,7 @@ def main() -> None:
         for rate in rates:
             print(f"== retrain {name} at LR {rate:g} for {FLAGS.retrain_epochs} epochs",
                   flush=True)
-            retrained = keras.models.clone_model(model)
-            retrained.set_weights(model.get_weights())
+            retrained = keras_tpp.cloning.clone(model).model
             compile_classifier(retrained, sgd(rate))
             fit(retrained, FLAGS.retrain_epochs, f"{name}_lr{rate:g}")
             results[name]["retrained"][f"{rate:g}"] = accuracy(retrained)

@@ -197,11 +197,9 @@ class StageRunner:
 
     def host_copy(self, model):
         """A copy outside any strategy scope (for profiling and latency)."""
-        import keras
+        from keras_tpp import cloning
 
-        copy = keras.models.clone_model(model)
-        copy.set_weights(model.get_weights())
-        return copy
+        return cloning.clone(model).model
 
     def save(self, model, stage: str) -> None:
         target = os.path.join(self.out_dir, STAGE_FILES[stage])
