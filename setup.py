@@ -28,7 +28,7 @@ setup(
             "pytest-xdist>=3",
             "tensorflow-datasets>=4.9",
             "matplotlib>=3.7",
-            "scipy>=1.10",
+            "jax[cpu]>=0.4.30",
         ],
     },
 )

@@ -2,7 +2,7 @@
 
 - Teaching the graph a new layer: one ``layer_roles.register`` call makes a custom
   per-channel layer a follower that prepare masks and shrink slices exactly.
-- The core imports and prunes without TensorFlow (Keras' numpy backend, TF blocked).
+- The core imports and prunes without TensorFlow (the JAX backend, TF blocked).
 - Only ``keras_tpp/keras_internals.py`` reads Keras internals.
 """
 import os
@@ -103,7 +103,7 @@ def test_core_imports_and_prunes_without_tensorflow(tmp_path):
         sys.meta_path.insert(0, Block())
         import numpy as np, keras, keras_tpp
         from keras_tpp import models
-        assert keras.backend.backend() == "numpy"
+        assert keras.backend.backend() == "jax"
         model = models.small_cnn(widths=(4, 4, 4))
         pmodel = keras_tpp.prepare(model, 0.5, method="l1")
         keras_tpp.apply_masks(pmodel)
@@ -114,7 +114,7 @@ def test_core_imports_and_prunes_without_tensorflow(tmp_path):
         assert "tensorflow" not in sys.modules
         print("OK", thin.count_params(), model.count_params())
     """)
-    env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
