@@ -208,9 +208,10 @@ class PruningCallback(keras.callbacks.Callback):
                 wrapper.step_size.assign(eta)
             self._eta = eta
 
-    def _sync(self) -> None:
-        """Bring the wrappers' variables to the method's state at the current step."""
-        step = self._iteration()
+    def _sync(self, step: int | None = None) -> None:
+        """Bring the wrappers' variables to the method's state at the current step (read
+        from the model unless given)."""
+        step = self._iteration() if step is None else step
         self._sync_step_size()
         if step == self._step:
             return
@@ -250,8 +251,9 @@ class PruningCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # Before the schedule may zero (non-finite) weights.
-        self.guard.after_batch(self.model, self.wrappers, self._iteration(), logs, self._lambda)
-        self._sync()
+        step = self._iteration()
+        self.guard.after_batch(self.model, self.wrappers, step, logs, self._lambda)
+        self._sync(step)
         self.penalty.update(self.wrappers, self._step)
         self._log(logs)
 

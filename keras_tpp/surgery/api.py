@@ -74,7 +74,12 @@ def shrink(model: keras.Model, plan: Plan | None = None, *,
     if plan is None:
         prepared.check_pruned_channels_zero(model)
         plan = plan_from_masks(prepared.get_masks(model))
-        return shrink(prepared.strip(model), plan, on_unsupported=on_unsupported)
+        model = prepared.strip(model)  # the same weights: already checked
+    return _shrink(model, plan, on_unsupported)
+
+
+def _shrink(model: keras.Model, plan: Plan, on_unsupported: str = "raise") -> keras.Model:
+    """shrink() after its checks of the weights (the plan is checked here)."""
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
     surgeon = Surgeon(graph, resolve_plan(graph, plan))
     propagate(surgeon)
@@ -157,6 +162,6 @@ def prune(
                                                 exclude=exclude)
         raise ValueError(f"Nothing to prune in model '{model.name}': "
                          f"{selection.nothing_to_prune_reason(graph, ratios)}.")
-    return shrink(zero_channels(model, plan), plan)
+    return _shrink(zero_channels(model, plan), plan)  # weights checked above
 
 
