@@ -86,6 +86,12 @@ class OneShotController(Controller):
         return 0.0, PRUNED
 
 
+def picking_steps(interval: int, pick_delta: float, pick_ceiling: float) -> int:
+    """Length of GReg-2's picking phase in train steps: the uniform λ grows by
+    ``pick_delta`` every ``interval`` steps until it reaches ``pick_ceiling``."""
+    return interval * math.ceil(pick_ceiling / pick_delta - 1e-6)
+
+
 class GRegController(Controller):
     """GReg-1 and GReg-2 (Wang et al., "Neural Pruning via Growing Regularization", ICLR 2021).
 
@@ -112,7 +118,7 @@ class GRegController(Controller):
         self.pick_ceiling = pick_ceiling
         self.kept_strength = kept_strength if picking else 0.0
         interval = schedule.interval
-        self.pick_end = (interval * math.ceil(pick_ceiling / pick_delta - 1e-6)) if picking else 0
+        self.pick_end = picking_steps(interval, pick_delta, pick_ceiling) if picking else 0
         self.base = pick_ceiling if picking else 0.0
         self._last_tick = None
         self.groups: dict[str, list[PruningWrapper]] = defaultdict(list)

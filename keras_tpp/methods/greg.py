@@ -7,8 +7,6 @@ smallest filters then, and pushes them as GReg-1 while the kept ones get ``kept_
 """
 from __future__ import annotations
 
-import math
-
 from keras_tpp import controllers
 from keras_tpp.methods.base import PruningMethod
 from keras_tpp.methods.registry import register
@@ -80,5 +78,6 @@ class GReg2(GReg1):
         return controllers.GRegController(wrappers, schedule, picking=True, **self._options())
 
     def last_step(self, schedule):
-        pick_end = schedule.interval * math.ceil(self.pick_ceiling / self.pick_delta - 1e-6)
+        pick_end = controllers.picking_steps(schedule.interval, self.pick_delta,
+                                             self.pick_ceiling)
         return pick_end + schedule.end_step
