@@ -33,7 +33,12 @@ from keras_tpp import (
     workflow,
     wrappers,
 )
-from keras_tpp.callbacks import NonFiniteError, PruningCallback, TPPCallback
+from keras_tpp.callbacks import (
+    NonFiniteError,
+    PruningCallback,
+    SparseTrainingCallback,
+    TPPCallback,
+)
 from keras_tpp.deployment import ExportCheckError, ExportReport, export
 from keras_tpp.folding import fold_batchnorm
 from keras_tpp.graph import DependencyGraph, UnsupportedModelError
@@ -42,8 +47,9 @@ from keras_tpp.orthp import orthp
 from keras_tpp.penalty_schedule import PenaltySchedule
 from keras_tpp.prepared import apply_masks, get_masks, strip
 from keras_tpp.profiling import compare, measure_latency, profile
+from keras_tpp.sparsity import sparsity_report
 from keras_tpp.surgery import make_plan, prune, shrink, zero_channels
 from keras_tpp.workflow import prepare
 from keras_tpp.wrappers import PruningWrapper
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -193,7 +193,8 @@ def clone(
                 continue
             if isinstance(old, PruningWrapper) and isinstance(new, PruningWrapper):
                 for name in STATE_VARIABLES:
-                    getattr(new, name).assign(getattr(old, name).value)
+                    if hasattr(old, name) and hasattr(new, name):
+                        getattr(new, name).assign(getattr(old, name).value)
             values = weights(old) if weights is not None else None
             if values is None:
                 values = [keras.ops.convert_to_numpy(v) for v in _unwrap(old).weights]

@@ -104,3 +104,84 @@ def compile_metrics(model: keras.Model) -> Any:
 def symbolic_build_function(model: keras.Model) -> Any:
     """``Trainer._symbolic_build`` (builds metrics and optimizer from a batch), or None."""
     return getattr(model, "_symbolic_build", None)
+
+
+# -- optimizers -------------------------------------------------------------------------------
+#: Per-variable lists of an optimizer that are not state of the update rule.
+_NOT_SLOTS = ("_accumulated_gradients", "_trainable_variables")
+
+
+def base_optimizer(optimizer: Any) -> Any:
+    """The optimizer that runs the update rule: a LossScaleOptimizer's ``inner_optimizer``
+    (public attribute), else ``optimizer`` itself."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def variable_index(optimizer: Any, variable: Any) -> int:
+    """Position of a trainable variable in the optimizer's lists
+    (``BaseOptimizer._get_variable_index``; takes a Keras variable or, inside the update,
+    the backend's variable or one replica's component of it)."""
+    return optimizer._get_variable_index(variable)
+
+
+def optimizer_slots(optimizer: Any, variable: Any) -> list:
+    """The optimizer variables that hold per-weight state of ``variable`` (SGD momentum,
+    Adam's moments, RMSprop's averages, EMA copies...): the entries at the variable's index
+    of every per-variable list attribute of the optimizer (``self._momentums``,
+    ``self.momentums``, ``self._velocities``...), of the variable's shape.
+
+    Gradient accumulators are not slots (they hold gradients, not update state).
+    """
+    optimizer = base_optimizer(optimizer)
+    count = len(getattr(optimizer, "_trainable_variables", []))
+    index = variable_index(optimizer, variable)
+    slots, seen = [], set()
+    for name, value in vars(optimizer).items():
+        if name in _NOT_SLOTS or not isinstance(value, (list, tuple)) or len(value) != count:
+            continue
+        slot = value[index]
+        if (isinstance(slot, keras.Variable) and id(slot) not in seen
+                and tuple(slot.shape) == tuple(variable.shape)):
+            slots.append(slot)
+            seen.add(id(slot))
+    return slots
+
+
+def uses_gradient_accumulation(optimizer: Any) -> bool:
+    """Whether the optimizer accumulates gradients over several steps."""
+    return bool(getattr(base_optimizer(optimizer), "gradient_accumulation_steps", None))
+
+
+def after_update_step(optimizer: Any, hook: Any) -> bool:
+    """Make the optimizer call ``hook(index, gradient)`` right after it updates the trainable
+    variable at ``index`` (and its slots), inside the train step.
+
+    Wraps the instance's ``update_step(gradient, variable, learning_rate)`` (the per-variable
+    update every Keras optimizer implements; under tf.distribute it runs once per replica in
+    the update context, with the all-reduced gradient). A LossScaleOptimizer's inner
+    optimizer is the one wrapped, so skipped (non-finite) steps never reach the hook.
+    Installing another hook replaces the previous one. Returns True when the optimizer did not
+    have this hook (equal by ``==``) before (the caller must then retrace its train function).
+    """
+    optimizer = base_optimizer(optimizer)
+    original = getattr(optimizer, "_keras_tpp_update_step", None)
+    if original is None:
+        original = optimizer.update_step
+        optimizer._keras_tpp_update_step = original
+    changed = getattr(optimizer, "_keras_tpp_hook", None) != hook  # bound methods compare ==
+    if not changed:
+        return False
+
+    def update_step(gradient: Any, variable: Any, learning_rate: Any) -> Any:
+        result = original(gradient, variable, learning_rate)
+        hook(variable_index(optimizer, variable), gradient)
+        return result
+
+    optimizer.update_step = update_step
+    optimizer._keras_tpp_hook = hook
+    return changed
+
+
+def installed_hook(optimizer: Any) -> Any:
+    """The hook :func:`after_update_step` installed on ``optimizer``, or None."""
+    return getattr(base_optimizer(optimizer), "_keras_tpp_hook", None)

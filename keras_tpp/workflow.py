@@ -21,7 +21,6 @@ from keras_tpp import (
     methods,
     penalties,
     selection,
-    sparsity,
     validation,
 )
 from keras_tpp.graph import ChannelGroup, DependencyGraph
@@ -61,6 +60,8 @@ def prepare(
     gram_formulation: str = "bounded",
     seed: int | None = None,
     on_unsupported: str = "raise",
+    initial_ratio: float | None = None,
+    initial_mask: str | None = None,
 ) -> keras.Model:
     """Return a new model whose prunable layers carry masks and the method's penalties.
 
@@ -71,8 +72,13 @@ def prepare(
             selected layer, or a mapping from layer-name patterns (fnmatch, e.g. "*_conv1")
             to ratios; only layers matched by some pattern are then pruned.
         method: a registered method's name (:func:`keras_tpp.methods.names`: "tpp",
-            "greg1", "greg2", "l1", "random") or a :class:`keras_tpp.methods.PruningMethod`
+            "greg1", "greg2", "l1", "random"; weight-level: "magnitude", and the sparse-training
+            methods "gmp", "granet", "rigl") or a :class:`keras_tpp.methods.PruningMethod`
             instance carrying the method's options (e.g. ``methods.GReg2(kept_strength=-2e-4)``).
+            For weight-level methods ``pruning_ratio`` is the fraction of all prunable
+            weights (every Conv/Dense kernel, first conv and classifier included) removed:
+            at once ("magnitude"), or by the end of the pruning window (sparse training,
+            driven by :class:`keras_tpp.SparseTrainingCallback`).
         layers: optional name patterns restricting which producers are pruned (default:
             every prunable Conv/Dense; a layer whose channels reach a model output, such as
             the classifier head, is never prunable).
@@ -86,6 +92,11 @@ def prepare(
         on_unsupported: "raise" (default) or "skip": what to do about layers whose effect on
             channels is unknown (Lambda, custom layers): raise naming the layer, or leave the
             affected channel groups unpruned with a warning.
+        initial_ratio: sparse training only: s_i, the sparsity of a random initial mask
+            (default 0 = dense-to-sparse for "gmp"/"granet"; "rigl" starts at
+            ``pruning_ratio``).
+        initial_mask: sparse training only: "erk" (default; Erdős–Rényi-kernel layer
+            densities) or "uniform" spread of that initial mask; ``seed`` seeds it.
 
     Layers whose outputs meet in a residual sum or concatenation-free coupling share one
     mask: the whole coupled group is pruned at the same channel indices, chosen by the
@@ -98,6 +109,9 @@ def prepare(
     """
     spec = methods.get_method(method)
     cloning.check_functional(model, "keras_tpp.prepare")
+    seed = selection.check_seed(seed)
+    spec = spec.configure(pruning_ratio, initial_ratio=initial_ratio,
+                          initial_mask=initial_mask, seed=seed)
     if find_wrappers(model):
         raise ValueError(
             f"Model '{model.name}' is already prepared for pruning; call keras_tpp.strip() "
@@ -106,7 +120,6 @@ def prepare(
                                                minimum=0.0)
     gram_formulation = validation.one_of(gram_formulation, "gram_formulation",
                                          penalties.GRAM_FORMULATIONS)
-    seed = selection.check_seed(seed)
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
     if spec.granularity == "weight":
@@ -176,7 +189,8 @@ def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
                           spec: methods.PruningMethod, layers: selection.Patterns,
                           exclude: selection.Patterns) -> keras.Model:
     """prepare() for a weight-level method: one mask of its kernel's shape per producer,
-    the smallest |w| masked (globally, or per layer with ``ranking="layer"``)."""
+    from the method (magnitude: the smallest |w| masked, globally or per layer; sparse
+    training: all ones, or a random mask at s_i, applied to the weights at once)."""
     if isinstance(pruning_ratio, Mapping):
         raise ValueError(
             f"Method '{spec.name}' masks individual weights and takes one pruning_ratio (the "
@@ -186,10 +200,11 @@ def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
     refs = selection.weight_layers(model, layers, exclude)
     kernels = {ref.path_str: keras.ops.convert_to_numpy(filters.output_kernel(ref.layer))
                for ref in refs}
-    keep = sparsity.magnitude_masks(
-        kernels, {k: np.ones(v.shape, dtype=bool) for k, v in kernels.items()}, ratio,
-        ranking=getattr(spec, "ranking", "global"))
-    if not refs or all(mask.all() for mask in keep.values()):
+    keep = spec.initial_weight_masks(kernels, ratio) if refs else {}
+    # Sparse training removes weights during training; one-shot magnitude pruning now.
+    removes = ratio > 0 if isinstance(spec, methods.SparseTrainingMethod) else any(
+        not mask.all() for mask in keep.values())
+    if not refs or not removes:
         raise ValueError(
             f"Nothing to prune in model '{model.name}': "
             f"{'no Conv or Dense layer is selected' if not refs else 'the pruning ratio is 0'}"
@@ -207,4 +222,9 @@ def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
             granularity="weight", gram_coefficient=0.0, l2_penalty=False,
             num_pruned=int((~mask).sum()), group=path), mask
 
-    return _clone_wrapped(model, make_wrapper)
+    pmodel = _clone_wrapped(model, make_wrapper)
+    if isinstance(spec, methods.SparseTrainingMethod):
+        for wrapper in find_wrappers(pmodel):  # sparse from the first forward pass
+            wrapper.zero_pruned()
+            wrapper.enforce.assign(1.0)
+    return pmodel

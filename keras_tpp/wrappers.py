@@ -13,7 +13,9 @@ that follows one, and owns these non-trainable variables, saved with the model:
   the bounded gram term; 0 = unknown);
 - ``train_steps`` (int64): training steps run through this layer, incremented in every
   forward pass with ``training=True``, i.e. once per train step, *including* the steps that a
-  LossScaleOptimizer skips (whose ``iterations`` do not advance). The schedule follows it.
+  LossScaleOptimizer skips (whose ``iterations`` do not advance). The schedule follows it;
+- ``mask_updated_at`` (int64, weight-level masks only): the train step of the last mask
+  update of sparse training (−1 before any), so a resumed run neither repeats nor skips one.
 
 At build time it attaches TPP's penalties as regularizers (:mod:`keras_tpp.penalties`) and a
 :class:`~keras_tpp.constraints.ChannelMask` to the wrapped layer's variables, composed with
@@ -142,6 +144,11 @@ class PruningWrapper(keras.layers.Wrapper):
         self.train_steps = self.add_weight(
             name="train_steps", shape=(), dtype="int64", initializer="zeros",
             trainable=False, aggregation="only_first_replica")
+        if self.granularity == "weight":
+            self.mask_updated_at = self.add_weight(
+                name="mask_updated_at", shape=(), dtype="int64",
+                initializer=keras.initializers.Constant(-1), trainable=False,
+                aggregation="only_first_replica")
         self._attach_penalties()
         self.built = True
 
@@ -221,9 +228,10 @@ class PruningWrapper(keras.layers.Wrapper):
         return config
 
 
-#: Names of the pruning-state variables every PruningWrapper owns.
+#: Names of the pruning-state variables a PruningWrapper owns (``mask_updated_at``: weight-level
+#: masks only).
 STATE_VARIABLES = ("keep_mask", "strength", "kept_strength", "enforce", "stopped_at", "ratio_ema",
-                   "step_size", "train_steps")
+                   "step_size", "train_steps", "mask_updated_at")
 
 
 def find_wrappers(model: keras.Model) -> list[PruningWrapper]:

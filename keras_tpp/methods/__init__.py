@@ -2,7 +2,8 @@
 
 Each method is one class in one module: :mod:`~keras_tpp.methods.tpp`,
 :mod:`~keras_tpp.methods.greg` (GReg-1, GReg-2), :mod:`~keras_tpp.methods.one_shot`
-(L1, random), :mod:`~keras_tpp.methods.magnitude` (weight-level magnitude pruning). A
+(L1, random), :mod:`~keras_tpp.methods.magnitude` (weight-level magnitude pruning),
+:mod:`~keras_tpp.methods.sparse_training` (GMP, GraNet, RigL: weight-level sparse training). A
 method says how :func:`keras_tpp.prepare` selects channels and which
 penalties it attaches (:class:`~keras_tpp.methods.base.PruningMethod`), carries its own
 options, and builds the controller that the pruning callback runs.
@@ -18,6 +19,8 @@ from keras_tpp.methods.tpp import TPP  # registration order is the order of name
 from keras_tpp.methods.greg import GReg1, GReg2  # noqa: I001
 from keras_tpp.methods.one_shot import L1, Random
 from keras_tpp.methods.magnitude import Magnitude
+from keras_tpp.methods.sparse_training import GMP, GraNet, RigL, SparseTrainingMethod
 
-__all__ = ["GReg1", "GReg2", "L1", "METHODS", "Magnitude", "PruningMethod", "Random", "TPP", "get_method",
-           "names", "register", "unregister"]
+__all__ = ["GMP", "GReg1", "GReg2", "GraNet", "L1", "METHODS", "Magnitude", "PruningMethod",
+           "Random", "RigL", "SparseTrainingMethod", "TPP", "get_method", "names", "register",
+           "unregister"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
+
 from keras_tpp import controllers
 from keras_tpp.penalty_schedule import PenaltySchedule
 
@@ -42,6 +44,22 @@ class PruningMethod:
         """An upper bound of the train step at which the pruned phase starts (e.g. to size
         a pruning stage that stops there)."""
         return schedule.end_step
+
+    def configure(self, pruning_ratio: Any, *, initial_ratio: float | None = None,
+                  initial_mask: str | None = None, seed: int | None = None) -> "PruningMethod":
+        """The method with :func:`keras_tpp.prepare`'s targets; only sparse-training methods
+        take ``initial_ratio`` and ``initial_mask`` (others raise ValueError)."""
+        if initial_ratio is not None or initial_mask is not None:
+            raise ValueError(
+                f"initial_ratio and initial_mask apply to the sparse-training methods "
+                f"('gmp', 'granet', 'rigl'), not to '{self.name}'.")
+        return self
+
+    def initial_weight_masks(self, kernels: dict[str, np.ndarray],
+                             pruning_ratio: float) -> dict[str, np.ndarray]:
+        """Weight-level methods: {layer path: bool mask of the kernel's shape} that
+        :func:`keras_tpp.prepare` starts from, given the kernels and the pruning ratio."""
+        raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
         """The method's options (empty for methods without options)."""

@@ -9,7 +9,9 @@ compactly.
 """
 from __future__ import annotations
 
-from keras_tpp import controllers
+import numpy as np
+
+from keras_tpp import controllers, sparsity
 from keras_tpp.methods.base import PruningMethod
 from keras_tpp.methods.registry import register
 from keras_tpp.validation import one_of
@@ -31,6 +33,10 @@ class Magnitude(PruningMethod):
 
     def __init__(self, ranking: str = "global") -> None:
         self.ranking = one_of(ranking, "ranking", ("global", "layer"))
+
+    def initial_weight_masks(self, kernels, pruning_ratio):
+        ones = {path: np.ones(k.shape, dtype=bool) for path, k in kernels.items()}
+        return sparsity.magnitude_masks(kernels, ones, pruning_ratio, ranking=self.ranking)
 
     def controller(self, wrappers, schedule):
         return controllers.OneShotController(wrappers, schedule)

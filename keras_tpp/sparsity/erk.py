@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from keras_tpp.sparsity.masks import kept_count
 from keras_tpp.validation import finite_float
 
 
@@ -67,7 +68,7 @@ def random_masks(shapes: Mapping[str, Sequence[int]], sparsity: float, kind: str
     sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
     densities = erk_densities(shapes, sparsity) if kind == "erk" else {
         k: 1.0 - sparsity for k in shapes}
-    total = int(np.floor((1.0 - sparsity) * sum(sizes.values())))
+    total = kept_count(sum(sizes.values()), sparsity)
     counts = exact_counts(sizes, densities, total)
     rng = np.random.default_rng(seed)
     masks = {}

@@ -10,18 +10,38 @@ from typing import Mapping
 import numpy as np
 
 
+def kept_count(size: int, sparsity: float) -> int:
+    """⌊(1 − s)·size⌋, the number of weights a sparsity ``s`` keeps, robust to rounding:
+    (1 − 0.9)·1140 is 113.99999999999999 in floating point, and keeps 114."""
+    return int(math.floor((1.0 - sparsity) * size + 1e-6))
+
+
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the ``k`` largest scores (ties broken by position)."""
+    """Boolean mask of the ``k`` largest scores; among equal scores the earlier positions win.
+
+    O(n) (one ``np.partition``), the same choice as a stable descending sort: ~0.2 s for
+    ResNet-50's 25 M weights.
+    """
     flat = scores.reshape(-1)
-    keep = np.zeros(flat.size, dtype=bool)
-    if k > 0:
-        keep[np.argsort(-flat, kind="stable")[:k]] = True
+    n = flat.size
+    k = max(0, min(int(k), n))
+    if k == n:
+        return np.ones(scores.shape, dtype=bool)
+    if k == 0:
+        return np.zeros(scores.shape, dtype=bool)
+    kth = np.partition(flat, n - k)[n - k]  # the k-th largest value
+    keep = flat > kth
+    ties = np.flatnonzero(flat == kth)[:k - int(keep.sum())]
+    keep[ties] = True
     return keep.reshape(scores.shape)
 
 
 def magnitude_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
                     sparsity: float, ranking: str = "global") -> dict[str, np.ndarray]:
     """Keep the largest |w| among the active weights, so that exactly ⌊(1 − s)·N⌋ stay.
+
+    A mask only loses entries: where fewer than ⌊(1 − s)·N⌋ are active (e.g. a layer
+    already sparser than ``s`` under ``ranking="layer"``), all active ones stay.
 
     Args:
         weights: {layer: kernel}.
@@ -33,17 +53,17 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.nd
     if ranking not in ("global", "layer"):
         raise ValueError(f"ranking must be 'global' or 'layer', got {ranking!r}.")
     # Inactive weights score -1 so they never outrank an active one (|w| >= 0).
-    scores = {k: np.where(masks[k], np.abs(weights[k]), -1.0) for k in weights}
+    scores = {k: np.where(masks[k], np.abs(weights[k]), np.float32(-1.0)) for k in weights}
     if ranking == "layer":
-        return {k: _top_k(v, int(math.floor((1.0 - sparsity) * v.size)))
+        return {k: _top_k(v, kept_count(v.size, sparsity)) & masks[k]
                 for k, v in scores.items()}
     keys = list(scores)
     pooled = np.concatenate([scores[k].reshape(-1) for k in keys])
-    keep = _top_k(pooled, int(math.floor((1.0 - sparsity) * pooled.size)))
+    keep = _top_k(pooled, kept_count(pooled.size, sparsity))
     out, start = {}, 0
     for key in keys:
         size = scores[key].size
-        out[key] = keep[start:start + size].reshape(scores[key].shape)
+        out[key] = keep[start:start + size].reshape(scores[key].shape) & masks[key]
         start += size
     return out
 

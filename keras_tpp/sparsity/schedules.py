@@ -109,3 +109,79 @@ class CosineRate:
     @classmethod
     def from_config(cls, config: dict) -> "CosineRate":
         return cls(**config)
+
+
+class SparseTrainingSchedule:
+    """When sparse training updates the masks, and the sparsity and regrowth rate it uses.
+
+    Steps count completed train steps (1 after the first optimizer step), as the reference
+    code does. The masks are updated at every step ``t`` with ``t % update_frequency == 0``
+    and ``t >= prune_start_step``; at such a step
+
+    - gradual pruning runs while the round ``t // update_frequency`` lies in the pruning
+      window (:class:`CubicSparsity` over [``prune_start_step``, ``prune_end_step``)), and
+    - regeneration (GraNet, RigL) runs at every update before ``total_steps``, with the rate
+      of :class:`CosineRate` from ``regrow_ratio`` down to ``final_regrow_ratio``.
+
+    Args:
+        total_steps: T, the length of training in train steps (the cosine's length; no
+            regeneration at or after T, so every regrown weight gets trained).
+        prune_start_step, prune_end_step: the gradual-pruning window (default end: T // 2).
+        update_frequency: ΔT, train steps between mask updates (the papers' 1000 on CIFAR).
+        regrow_ratio, final_regrow_ratio: r₀ and r_f of the regeneration rate.
+
+    Example:
+        >>> schedule = SparseTrainingSchedule(total_steps=10_000, update_frequency=1000)
+        >>> [t for t in range(1, 10_001) if schedule.is_update_step(t)][:3]
+        [1000, 2000, 3000]
+        >>> schedule.sparsity(0.0, 0.9)(4000)  # the cubic target at round 4 of 0..4
+        0.9
+    """
+
+    def __init__(self, total_steps: int, prune_start_step: int = 0,
+                 prune_end_step: int | None = None, update_frequency: int = 1000,
+                 regrow_ratio: float = 0.5, final_regrow_ratio: float = 0.005) -> None:
+        self.total_steps = positive_int(total_steps, "total_steps")
+        self.prune_start_step = non_negative_int(prune_start_step, "prune_start_step")
+        self.prune_end_step = (self.total_steps // 2 if prune_end_step is None
+                               else non_negative_int(prune_end_step, "prune_end_step"))
+        self.update_frequency = positive_int(update_frequency, "update_frequency")
+        if self.prune_end_step > self.total_steps:
+            raise ValueError(f"prune_end_step ({self.prune_end_step}) must be <= total_steps "
+                             f"({self.total_steps}).")
+        if self.prune_end_step < self.prune_start_step + self.update_frequency:
+            raise ValueError(
+                f"The pruning window [prune_start_step={self.prune_start_step}, prune_end_step="
+                f"{self.prune_end_step}) holds no mask update every update_frequency="
+                f"{self.update_frequency} steps: make it at least update_frequency long.")
+        self.rate = CosineRate(regrow_ratio, final_regrow_ratio, self.total_steps)
+
+    def sparsity(self, initial_sparsity: float, final_sparsity: float) -> CubicSparsity:
+        """The cubic schedule from s_i to s_f over the pruning window."""
+        return CubicSparsity(initial_sparsity, final_sparsity, self.prune_start_step,
+                             self.prune_end_step, self.update_frequency)
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether the masks change after train step ``step``."""
+        return step >= max(1, self.prune_start_step) and step % self.update_frequency == 0
+
+    def last_update_step(self, step: int) -> int | None:
+        """The latest update step <= ``step`` (None before the first one): a run that
+        missed it (resumed, or ``steps_per_execution`` > 1) catches up with it."""
+        last = step - step % self.update_frequency
+        return last if last >= 1 and self.is_update_step(last) else None
+
+    def regenerates_at(self, step: int) -> bool:
+        """Whether regeneration runs at update step ``step`` (before ``total_steps``)."""
+        return step < self.total_steps
+
+    def get_config(self) -> dict:
+        return {"total_steps": self.total_steps, "prune_start_step": self.prune_start_step,
+                "prune_end_step": self.prune_end_step,
+                "update_frequency": self.update_frequency,
+                "regrow_ratio": self.rate.initial_rate,
+                "final_regrow_ratio": self.rate.final_rate}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SparseTrainingSchedule":
+        return cls(**config)

@@ -1,0 +1,113 @@
+"""The optimizer's side of sparse training: masked slots and the growth gradient.
+
+Sparse training (GraNet, RigL) needs two things from inside the train step, after the
+optimizer has updated a masked kernel:
+
+- its per-weight optimizer state (SGD momentum, Adam's moments...) zeroed at the masked
+  positions, so a masked weight carries no momentum and a regrown one starts from none;
+- the dense gradient of the current batch, from which regeneration grows the inactive
+  positions with the largest |∂L/∂w|. Under tf.distribute it is the all-reduced gradient the
+  optimizer applied (the global batch's), identical on every replica and worker.
+
+:class:`MaskedOptimizerState` does both with one hook after each variable's update
+(:func:`keras_tpp.keras_internals.after_update_step`), and copies the gradient into a
+buffer variable per kernel (not saved with the model). The masked *weights* are zeroed by
+the kernels' :class:`~keras_tpp.constraints.ChannelMask` constraint.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_tpp import filters, keras_internals
+from keras_tpp.wrappers import PruningWrapper
+
+
+def _variable_scope(variable: keras.Variable) -> Any:
+    """The tf.distribute scope ``variable`` was created in (so a buffer is mirrored like it),
+    or a null context on other backends and without a strategy."""
+    strategy = getattr(getattr(variable, "value", None), "distribute_strategy", None)
+    scope = getattr(strategy, "scope", None)
+    return scope() if callable(scope) else contextlib.nullcontext()
+
+
+class MaskedOptimizerState:
+    """Zeroes the optimizer slots of masked kernels after every step; records gradients.
+
+    Args:
+        wrappers: {layer path: PruningWrapper} with weight-level masks.
+
+    Call :meth:`install` with the compiled model's optimizer (built) before training; it
+    returns True when the train function must be retraced to include the hook.
+    """
+
+    def __init__(self, wrappers: dict[str, PruningWrapper]) -> None:
+        self.wrappers = dict(wrappers)
+        self.kernels = {path: filters.output_kernel(w.layer) for path, w in self.wrappers.items()}
+        self.buffers: dict[str, keras.Variable] = {}
+        self.slots: dict[str, list] = {}
+        self._by_index: dict[int, tuple[keras.Variable, Any, list]] = {}
+        self.optimizer = None
+
+    @classmethod
+    def for_optimizer(cls, optimizer: Any,
+                      wrappers: dict[str, PruningWrapper]) -> "MaskedOptimizerState":
+        """The state already hooked into ``optimizer`` for these wrappers (a later ``fit``
+        reuses it, and the compiled train step), or a new one."""
+        hook = keras_internals.installed_hook(optimizer)
+        state = getattr(hook, "__self__", None)
+        if isinstance(state, cls) and state.wrappers.keys() == wrappers.keys() and all(
+                state.wrappers[k] is wrappers[k] for k in wrappers):
+            return state
+        return cls(wrappers)
+
+    def install(self, optimizer: Any) -> bool:
+        """Hook ``optimizer`` (built on the model's variables); True if the hook is new."""
+        if keras_internals.uses_gradient_accumulation(optimizer):
+            raise ValueError(
+                "Sparse training does not support optimizers with gradient_accumulation_steps: "
+                "regeneration needs the gradient of each applied step.")
+        if not self.buffers:
+            for path, kernel in self.kernels.items():
+                with _variable_scope(kernel):
+                    self.buffers[path] = keras.Variable(
+                        np.zeros(tuple(kernel.shape), dtype="float32"), trainable=False,
+                        name=f"growth_gradient_{path.replace('/', '_')}")
+        if optimizer is not self.optimizer:
+            self.slots = {path: keras_internals.optimizer_slots(optimizer, kernel)
+                          for path, kernel in self.kernels.items()}
+            self._by_index = {
+                keras_internals.variable_index(keras_internals.base_optimizer(optimizer),
+                                               kernel):
+                (self.buffers[path], self.wrappers[path].keep_mask, self.slots[path])
+                for path, kernel in self.kernels.items()}
+            self.optimizer = optimizer
+        return keras_internals.after_update_step(optimizer, self._after_update)
+
+    def _after_update(self, index: int, gradient: Any) -> None:
+        """In the train step, after the optimizer updated variable ``index``."""
+        entry = self._by_index.get(index)
+        if entry is None:
+            return
+        buffer, mask, slots = entry
+        buffer.assign(keras.ops.cast(gradient, buffer.dtype))
+        for slot in slots:
+            slot.assign(slot * keras.ops.cast(mask, slot.dtype))
+
+    def zero_slots(self) -> None:
+        """Zero the slots at the masked positions now (after the masks changed)."""
+        for path, slots in self.slots.items():
+            mask = keras.ops.convert_to_numpy(self.wrappers[path].keep_mask.value)
+            for slot in slots:
+                value = keras.ops.convert_to_numpy(slot.value)
+                slot.assign((value * mask).astype(value.dtype))
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """{layer path: the gradient of its kernel at the last applied step} (zeros before
+        the first step after :meth:`install`; a step the loss scaler skipped leaves the
+        previous one)."""
+        return {path: keras.ops.convert_to_numpy(buffer.value)
+                for path, buffer in self.buffers.items()}
