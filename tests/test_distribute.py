@@ -99,6 +99,37 @@ def _build_prepared_model(seed: int = 11):
     return pmodel
 
 
+def _build_sparse_model(seed: int = 12):
+    """keras_tpp.prepare(method="granet") on a conv net without BatchNorm."""
+    import keras
+
+    import keras_tpp
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv2")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="classifier")(h))
+    pmodel = keras_tpp.prepare(model, 0.8, method="granet")
+    pmodel.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return pmodel
+
+
+def _sparse_callback():
+    import keras_tpp
+
+    return keras_tpp.SparseTrainingCallback(total_steps=8, prune_end_step=4,
+                                            update_frequency=2)
+
+
+def _masks(model):
+    import keras_tpp
+
+    return [m for _, m in sorted(keras_tpp.get_masks(model).items())]
+
+
 def _tpp_callback():
     import keras_tpp
 
@@ -480,9 +511,10 @@ def test_errors_for_uncompiled_model_and_bad_data():
 def test_multi_worker_two_processes_identical_weights(tmp_path):
     """Two worker processes (MultiWorkerMirroredStrategy over 127.0.0.1) train a few steps
     with the custom loop — a small model with a scheduled regularizer and a mask constraint,
-    then a keras_tpp.prepare'd model with synchronized BN under TPPCallback. Both workers end
-    with identical weights, equal to a single-process run with the same global batches (so
-    the DATA auto-sharding split every global batch between the workers)."""
+    then a keras_tpp.prepare'd model with synchronized BN under TPPCallback, then GraNet sparse
+    training. Both workers end with identical weights (and masks), equal to a single-process
+    run with the same global batches (so the DATA auto-sharding split every global batch
+    between the workers)."""
     backup = str(tmp_path / "backup")
     env = dict(os.environ)
     env.update({"PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", ""),
@@ -514,6 +546,13 @@ def test_multi_worker_two_processes_identical_weights(tmp_path):
                                    callbacks=[_tpp_callback()])
     for i, w in enumerate(_weights(pmodel)):
         np.testing.assert_allclose(w0[f"tpp{i}"], w, atol=1e-5, rtol=1e-4)
+    # Sparse training (GraNet): both workers grew from the global batch's gradient.
+    smodel = _build_sparse_model()
+    DistributedTrainer(smodel).fit(_dataset(training=True), epochs=2, verbose=0,
+                                   callbacks=[_sparse_callback()])
+    for i, mask in enumerate(_masks(smodel)):
+        np.testing.assert_array_equal(w0[f"mask{i}"], w1[f"mask{i}"])
+        np.testing.assert_array_equal(w0[f"mask{i}"], mask)
 
     # The chief wrote the backup (worker 1 saved to a temporary directory, now deleted).
     with open(os.path.join(backup, "training_metadata.json")) as f:
@@ -549,6 +588,11 @@ def _worker_main(weights_path: str, backup_dir: str) -> None:
     DistributedTrainer(pmodel, strategy).fit(
         _dataset(training=True), epochs=2, verbose=0, callbacks=[_tpp_callback()])
     out.update({f"tpp{i}": w for i, w in enumerate(_weights(pmodel))})
+    with strategy.scope():
+        smodel = _build_sparse_model()
+    DistributedTrainer(smodel, strategy).fit(
+        _dataset(training=True), epochs=2, verbose=0, callbacks=[_sparse_callback()])
+    out.update({f"mask{i}": m for i, m in enumerate(_masks(smodel))})
     np.savez(weights_path, **out)
     print("worker done; chief:", is_chief(strategy), history.history, flush=True)
 
