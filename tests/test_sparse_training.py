@@ -406,3 +406,23 @@ def test_bad_inputs_are_refused_before_anything_changes():
                          callbacks=[keras_tpp.SparseTrainingCallback(total_steps=10, update_frequency=2)])
     with pytest.raises(ValueError, match="sparsity_report takes a Keras model"):
         keras_tpp.sparsity_report("model.keras")
+
+
+def test_mixed_precision_loss_scale_optimizer_masks_inner_slots():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = _data()
+        pmodel = _compile(keras_tpp.prepare(_net(), 0.8, method="granet"))
+        assert isinstance(pmodel.optimizer, keras.optimizers.LossScaleOptimizer)
+        callback = keras_tpp.SparseTrainingCallback(total_steps=24, update_frequency=4)
+        pmodel.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[callback])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    masks = keras_tpp.get_masks(pmodel)
+    assert _kept(masks) == _floor(0.2 * sum(m.size for m in masks.values()))
+    assert callback.last_update.step == 24
+    for path, wrapper in wrappers_by_path(pmodel).items():
+        slots = keras_internals.optimizer_slots(pmodel.optimizer, wrapper.layer.kernel)
+        assert slots  # the inner SGD's momentum
+        for slot in slots:
+            assert np.all(keras.ops.convert_to_numpy(slot.value)[~masks[path]] == 0)

@@ -127,7 +127,7 @@ class SparseTrainingCallback(keras.callbacks.Callback):
             gradients = (self.optimizer_state.gradients()
                          if self.controller.needs_gradient(due) else None)
             self.last_update = self.controller.update(due, gradients)
-            self.optimizer_state.zero_slots()
+            self.optimizer_state.zero_slots(self.controller.current_masks)
             self._sparsity = self.last_update.sparsity
             if self.verbose:
                 u = self.last_update

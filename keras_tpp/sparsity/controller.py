@@ -15,6 +15,8 @@ One update at train step t (after the optimizer step, as in the authors' code):
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,7 @@ class SparseTrainingController:
                       if method.gradual else None)
         self.kernels = {path: filters.output_kernel(w.layer) for path, w in wrappers.items()}
         self.sizes = {path: int(np.prod(k.shape)) for path, k in self.kernels.items()}
+        self._last_update: int | None = None  # read from the variables once, then kept
 
     # -- state ----------------------------------------------------------------------------
     def masks(self) -> dict[str, np.ndarray]:
@@ -76,7 +79,10 @@ class SparseTrainingController:
 
     def last_update(self) -> int:
         """Train step of the last mask update (−1 before any)."""
-        return min(int(_numpy(w.mask_updated_at)) for w in self.wrappers.values())
+        if self._last_update is None:
+            self._last_update = min(int(_numpy(w.mask_updated_at))
+                                    for w in self.wrappers.values())
+        return self._last_update
 
     def pending(self, step: int) -> int | None:
         """The update step <= ``step`` not yet performed (None if up to date)."""
@@ -116,16 +122,21 @@ class SparseTrainingController:
             if gradients is None:
                 raise ValueError("Regeneration needs the gradients of the last train step.")
             rate = self.schedule.rate(step)
-            for path in masks:
-                new_mask, weights[path] = regenerate(weights[path], gradients[path],
-                                                     masks[path], rate)
+            paths = list(masks)
+            # Layers are independent and numpy's partition releases the GIL: one thread each.
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                results = list(pool.map(
+                    lambda p: regenerate(weights[p], gradients[p], masks[p], rate), paths))
+            for path, (new_mask, new_weight) in zip(paths, results):
                 regrown += int((new_mask & ~masks[path]).sum())
-                masks[path] = new_mask
+                masks[path], weights[path] = new_mask, new_weight
         for path, wrapper in self.wrappers.items():
             if not np.array_equal(masks[path], before[path]):
                 wrapper.keep_mask.assign(masks[path].astype("float32"))
                 self.kernels[path].assign(np.where(masks[path], weights[path], 0).astype(
                     weights[path].dtype))
             wrapper.mask_updated_at.assign(step)
+        self._last_update = step
         kept = sum(int(m.sum()) for m in masks.values())
+        self.current_masks = masks
         return MaskUpdate(step, 1.0 - kept / sum(self.sizes.values()), pruned, regrown, rate)

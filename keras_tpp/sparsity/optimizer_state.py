@@ -97,10 +97,12 @@ class MaskedOptimizerState:
         for slot in slots:
             slot.assign(slot * keras.ops.cast(mask, slot.dtype))
 
-    def zero_slots(self) -> None:
-        """Zero the slots at the masked positions now (after the masks changed)."""
+    def zero_slots(self, masks: dict[str, np.ndarray] | None = None) -> None:
+        """Zero the slots at the masked positions now (after the masks changed); ``masks``
+        ({layer path: bool}) saves reading them from the wrappers."""
         for path, slots in self.slots.items():
-            mask = keras.ops.convert_to_numpy(self.wrappers[path].keep_mask.value)
+            mask = (masks[path] if masks is not None
+                    else keras.ops.convert_to_numpy(self.wrappers[path].keep_mask.value))
             for slot in slots:
                 value = keras.ops.convert_to_numpy(slot.value)
                 slot.assign((value * mask).astype(value.dtype))
