@@ -144,6 +144,28 @@ def weight_layers(model, layers: Patterns = None, exclude: Patterns = None) -> l
     return chosen
 
 
+def resolve_weight_ratios(refs: list, pruning_ratio: Ratio) -> Union[float, dict[str, float]]:
+    """The pruning ratio of weight-level methods over the selected producers ``refs``: one
+    float for all of them, or {layer path: ratio} from {pattern: ratio} (the first matching
+    pattern wins; producers no pattern matches are left alone). A pattern that matches no
+    selected producer is a ValueError naming them."""
+    if not isinstance(pruning_ratio, Mapping):
+        return importance.check_ratio(pruning_ratio)
+    if not pruning_ratio:
+        raise ValueError("pruning_ratio mapping is empty.")
+    ratios: dict[str, float] = {}
+    for pattern, ratio in pruning_ratio.items():
+        ratio = importance.check_ratio(ratio)
+        hits = [ref for ref in refs if _matches(ref, str(pattern))]
+        if not hits:
+            names = ", ".join(ref.path_str for ref in refs) or "(none)"
+            raise ValueError(f"pruning_ratio pattern '{pattern}' matches no selected Conv or "
+                             f"Dense layer. Selected layers: {names}.")
+        for ref in hits:
+            ratios.setdefault(ref.path_str, ratio)
+    return ratios
+
+
 def choose_pruned(
     graph: DependencyGraph,
     ratios: Mapping[int, float],

@@ -110,8 +110,9 @@ def prepare(
     spec = methods.get_method(method)
     cloning.check_functional(model, "keras_tpp.prepare")
     seed = selection.check_seed(seed)
-    spec = spec.configure(pruning_ratio, initial_ratio=initial_ratio,
-                          initial_mask=initial_mask, seed=seed)
+    if spec.granularity != "weight":  # raises on the sparse-training arguments
+        spec = spec.configure(pruning_ratio, initial_ratio=initial_ratio,
+                              initial_mask=initial_mask, seed=seed)
     if find_wrappers(model):
         raise ValueError(
             f"Model '{model.name}' is already prepared for pruning; call keras_tpp.strip() "
@@ -123,7 +124,9 @@ def prepare(
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
     if spec.granularity == "weight":
-        return _prepare_weight_masks(model, pruning_ratio, spec, layers, exclude)
+        return _prepare_weight_masks(
+            model, pruning_ratio, spec, layers, exclude,
+            dict(initial_ratio=initial_ratio, initial_mask=initial_mask, seed=seed))
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
     plans = _plan_groups(graph, ratios, spec, seed)
@@ -187,22 +190,23 @@ def _clone_wrapped(model: keras.Model, make_wrapper) -> keras.Model:
 
 def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
                           spec: methods.PruningMethod, layers: selection.Patterns,
-                          exclude: selection.Patterns) -> keras.Model:
+                          exclude: selection.Patterns, targets: dict) -> keras.Model:
     """prepare() for a weight-level method: one mask of its kernel's shape per producer,
     from the method (magnitude: the smallest |w| masked, globally or per layer; sparse
-    training: all ones, or a random mask at s_i, applied to the weights at once)."""
-    if isinstance(pruning_ratio, Mapping):
-        raise ValueError(
-            f"Method '{spec.name}' masks individual weights and takes one pruning_ratio (the "
-            "fraction of all prunable weights removed); per-pattern ratios are not "
-            "supported for it: select layers with layers= and exclude=.")
-    ratio = importance.check_ratio(pruning_ratio)
+    training: all ones, or a random mask at s_i, applied to the weights at once).
+    ``targets`` are prepare's sparse-training arguments (initial_ratio, initial_mask, seed).
+    """
     refs = selection.weight_layers(model, layers, exclude)
+    ratio = selection.resolve_weight_ratios(refs, pruning_ratio)
+    if isinstance(ratio, dict):
+        refs = [ref for ref in refs if ref.path_str in ratio]
+    spec = spec.configure(ratio, **targets)
     kernels = {ref.path_str: keras.ops.convert_to_numpy(filters.output_kernel(ref.layer))
                for ref in refs}
     keep = spec.initial_weight_masks(kernels, ratio) if refs else {}
     # Sparse training removes weights during training; one-shot magnitude pruning now.
-    removes = ratio > 0 if isinstance(spec, methods.SparseTrainingMethod) else any(
+    largest = max(ratio.values()) if isinstance(ratio, dict) else ratio
+    removes = largest > 0 if isinstance(spec, methods.SparseTrainingMethod) else any(
         not mask.all() for mask in keep.values())
     if not refs or not removes:
         raise ValueError(

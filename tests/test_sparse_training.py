@@ -111,6 +111,21 @@ def test_gmp_follows_the_cubic_schedule_and_ends_exactly_at_the_target(ranking):
     assert report.zeros == sum(int((k == 0).sum()) for k in _kernels(pmodel).values())
 
 
+def test_per_pattern_ratios_give_per_layer_targets():
+    x, y = _data()
+    pmodel = _compile(keras_tpp.prepare(_net(), {"conv*": 0.8, "head": 0.5}, method="granet"))
+    assert keras_tpp.methods.names()  # registry intact
+    pmodel.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+        keras_tpp.SparseTrainingCallback(total_steps=16, prune_end_step=8, update_frequency=2)])
+    masks = keras_tpp.get_masks(pmodel)
+    for path, ratio in (("conv1", 0.8), ("conv2", 0.8), ("head", 0.5)):
+        assert int(masks[path].sum()) == _floor((1 - ratio) * masks[path].size), path
+    only_conv2 = keras_tpp.get_masks(keras_tpp.prepare(_net(), {"conv2": 0.6},
+                                                       method="magnitude"))
+    assert list(only_conv2) == ["conv2"]
+    assert int(only_conv2["conv2"].sum()) == _floor(0.4 * only_conv2["conv2"].size)
+
+
 def test_global_pruning_keeps_the_largest_magnitudes():
     x, y = _data()
     pmodel = _compile(keras_tpp.prepare(_net(), 0.75, method="gmp"))
@@ -270,7 +285,11 @@ def _mirrored_run(strategy, x, y):
 
 def test_mirrored_replicas_hold_identical_masks_equal_to_one_device():
     x, y = _data(64, seed=7)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from keras_tpp.distribute import get_strategy
+
+    # The process-wide strategy object: two MirroredStrategy objects over the same devices
+    # would collide in TensorFlow's collective runtime.
+    strategy = get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     mirrored = _mirrored_run(strategy, x, y)
     single = _mirrored_run(tf.distribute.get_strategy(), x, y)
     single_masks = keras_tpp.get_masks(single)
@@ -359,9 +378,12 @@ def test_bad_inputs_are_refused_before_anything_changes():
         (dict(pruning_ratio=0.5, method="rigl", initial_ratio=0.3), "fixed density"),
         (dict(pruning_ratio=0.5, method="tpp", initial_ratio=0.3), "sparse-training"),
         (dict(pruning_ratio=0.5, method="granet", initial_mask="gaussian"), "initial_mask"),
-        (dict(pruning_ratio={"conv*": 0.5}, method="gmp"), "one pruning_ratio"),
-        (dict(pruning_ratio=1.0, method="granet"), "pruning_ratio"),
-        (dict(pruning_ratio=float("nan"), method="gmp"), "pruning_ratio"),
+        (dict(pruning_ratio={"conv*": 0.5}, method="rigl"), "one pruning_ratio"),
+        (dict(pruning_ratio={"conv*": 0.5}, method=keras_tpp.methods.GMP(ranking="global")),
+         "ranking='layer'"),
+        (dict(pruning_ratio={"nothing*": 0.5}, method="granet"), "matches no selected"),
+        (dict(pruning_ratio=1.0, method="granet"), "pruning.ratio"),
+        (dict(pruning_ratio=float("nan"), method="gmp"), "pruning.ratio"),
         (dict(pruning_ratio=0.0, method="gmp"), "Nothing to prune"),
     ]
     for kwargs, message in cases:

@@ -21,6 +21,7 @@ watched by :class:`~keras_tpp.callbacks.divergence.DivergenceGuard`.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -48,13 +49,13 @@ def _quantize_up(value: float) -> float:
 
 def model_method(wrappers: list[PruningWrapper]) -> methods.PruningMethod:
     """The PruningMethod a model was prepared with (its options included)."""
-    found = {(w.method, tuple(sorted(w.method_options.items()))) for w in wrappers}
+    found = {(w.method, json.dumps(w.method_options, sort_keys=True)) for w in wrappers}
     if len(found) > 1:
         names = sorted({name for name, _ in found})
         raise ValueError(f"The model mixes pruning methods or method options {names}; "
                          "prepare it with one method.")
     name, options = found.pop()
-    return methods.get_method(name, dict(options))
+    return methods.get_method(name, json.loads(options))
 
 
 class PruningCallback(keras.callbacks.Callback):

@@ -1,6 +1,7 @@
 """PruningMethod: what a method attaches at prepare time and which controller runs it."""
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,7 +74,7 @@ class PruningMethod:
         return type(other) is type(self) and other.get_config() == self.get_config()
 
     def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
+        return hash((type(self), json.dumps(self.get_config(), sort_keys=True)))
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())

@@ -9,6 +9,8 @@ compactly.
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 
 from keras_tpp import controllers, sparsity
@@ -17,13 +19,24 @@ from keras_tpp.methods.registry import register
 from keras_tpp.validation import one_of
 
 
+def resolve_ranking(ranking: str | None, pruning_ratio: Any) -> str:
+    """The ranking in force: as given, else "layer" for per-layer ratios, "global" for one;
+    per-layer ratios with an explicit "global" ranking are a ValueError."""
+    per_layer = isinstance(pruning_ratio, Mapping)
+    if ranking == "global" and per_layer:
+        raise ValueError("Per-pattern pruning ratios give every layer its own sparsity: they "
+                         "need ranking='layer' (the default with a ratio mapping), not 'global'.")
+    return ranking or ("layer" if per_layer else "global")
+
+
 @register
 class Magnitude(PruningMethod):
     """Weight-level magnitude pruning with the masks fixed at prepare time.
 
     Args:
         ranking: "global" (one threshold over all prunable kernels, the sparse-training
-            papers' choice) or "layer" (every kernel loses the same fraction).
+            papers' choice) or "layer" (every kernel loses the same fraction); default:
+            "global" for one pruning ratio, "layer" for per-pattern ratios.
     """
 
     name = "magnitude"
@@ -31,12 +44,19 @@ class Magnitude(PruningMethod):
     selection = "l1"
     granularity = "weight"
 
-    def __init__(self, ranking: str = "global") -> None:
-        self.ranking = one_of(ranking, "ranking", ("global", "layer"))
+    def __init__(self, ranking: str | None = None) -> None:
+        self.ranking = None if ranking is None else one_of(ranking, "ranking",
+                                                           ("global", "layer"))
+
+    def configure(self, pruning_ratio, *, initial_ratio=None, initial_mask=None, seed=None):
+        super().configure(pruning_ratio, initial_ratio=initial_ratio,
+                          initial_mask=initial_mask)
+        return type(self)(ranking=resolve_ranking(self.ranking, pruning_ratio))
 
     def initial_weight_masks(self, kernels, pruning_ratio):
         ones = {path: np.ones(k.shape, dtype=bool) for path, k in kernels.items()}
-        return sparsity.magnitude_masks(kernels, ones, pruning_ratio, ranking=self.ranking)
+        ranking = resolve_ranking(self.ranking, pruning_ratio)
+        return sparsity.magnitude_masks(kernels, ones, pruning_ratio, ranking=ranking)
 
     def controller(self, wrappers, schedule):
         return controllers.OneShotController(wrappers, schedule)

@@ -21,11 +21,16 @@ import numpy as np
 
 from keras_tpp import sparsity
 from keras_tpp.methods.base import PruningMethod
+from keras_tpp.methods.magnitude import resolve_ranking
 from keras_tpp.methods.registry import register
 from keras_tpp.validation import finite_float, one_of
 
 #: How a sparse-to-sparse run's initial mask spreads its weights over layers.
 INITIAL_MASKS = ("erk", "uniform")
+
+
+def _ratio(value: Any, name: str) -> float:
+    return finite_float(value, name, minimum=0.0, maximum=1.0, exclusive_maximum=True)
 
 
 class SparseTrainingMethod(PruningMethod):
@@ -36,11 +41,13 @@ class SparseTrainingMethod(PruningMethod):
 
     Args:
         ranking: "global" (one |w| threshold over all masked kernels, the papers') or
-            "layer" (every kernel pruned to the same sparsity: the "uniform" variants).
+            "layer" (every kernel pruned to its own target: the "uniform" variants); default:
+            "global" for one pruning ratio, "layer" for per-pattern ratios.
         initial_ratio: s_i, the sparsity of the initial random mask (0 = dense-to-sparse);
             normally given to :func:`keras_tpp.prepare`.
         initial_mask: "erk" (Erdős–Rényi-kernel densities) or "uniform".
-        final_ratio: s_f, set by :func:`keras_tpp.prepare` from ``pruning_ratio``.
+        final_ratio: s_f, set by :func:`keras_tpp.prepare` from ``pruning_ratio``: one
+            float, or {layer path: s_f} from per-pattern ratios.
         seed: seed of the random initial mask.
     """
 
@@ -49,34 +56,38 @@ class SparseTrainingMethod(PruningMethod):
     gradual: ClassVar[bool] = True
     regenerates: ClassVar[bool] = False
 
-    def __init__(self, ranking: str = "global", initial_ratio: float | None = None,
-                 initial_mask: str = "erk", final_ratio: float | None = None,
+    def __init__(self, ranking: str | None = None, initial_ratio: float | None = None,
+                 initial_mask: str = "erk",
+                 final_ratio: float | Mapping[str, float] | None = None,
                  seed: int | None = None) -> None:
-        self.ranking = one_of(ranking, "ranking", ("global", "layer"))
+        self.ranking = None if ranking is None else one_of(ranking, "ranking",
+                                                           ("global", "layer"))
         self.initial_mask = one_of(initial_mask, "initial_mask", INITIAL_MASKS)
-        self.final_ratio = None if final_ratio is None else finite_float(
-            final_ratio, "pruning_ratio", minimum=0.0, maximum=1.0, exclusive_maximum=True)
-        self.initial_ratio = None if initial_ratio is None else finite_float(
-            initial_ratio, "initial_ratio", minimum=0.0, maximum=1.0, exclusive_maximum=True)
-        if self.final_ratio is not None and self.initial_ratio is not None and (
-                self.initial_ratio > self.final_ratio):
+        if isinstance(final_ratio, Mapping):
+            final_ratio = {str(k): _ratio(v, "pruning_ratio") for k, v in final_ratio.items()}
+        elif final_ratio is not None:
+            final_ratio = _ratio(final_ratio, "pruning_ratio")
+        self.final_ratio = final_ratio
+        self.initial_ratio = (None if initial_ratio is None
+                              else _ratio(initial_ratio, "initial_ratio"))
+        lowest = (min(final_ratio.values()) if isinstance(final_ratio, dict) and final_ratio
+                  else final_ratio)
+        if lowest is not None and self.initial_ratio is not None and (
+                self.initial_ratio > lowest):
             raise ValueError(f"initial_ratio ({self.initial_ratio}) must be <= pruning_ratio "
-                             f"({self.final_ratio}): sparse training only removes weights.")
+                             f"({lowest}): sparse training only removes weights.")
         self.seed = seed
 
     def configure(self, pruning_ratio: Any, *, initial_ratio: float | None = None,
                   initial_mask: str | None = None, seed: int | None = None
                   ) -> "SparseTrainingMethod":
         """A copy with prepare's targets: s_f = ``pruning_ratio``, s_i, mask kind, seed."""
-        if isinstance(pruning_ratio, Mapping):
-            raise ValueError(
-                f"Method '{self.name}' takes one pruning_ratio (the fraction of all prunable "
-                "weights removed); select layers with layers= and exclude=.")
         if initial_ratio is not None and self.initial_ratio is not None and (
                 initial_ratio != self.initial_ratio):
             raise ValueError(f"initial_ratio is given both to prepare ({initial_ratio!r}) and "
                              f"to the method object ({self.initial_ratio!r}).")
         config = self.get_config()
+        config["ranking"] = resolve_ranking(self.ranking, pruning_ratio)
         config["final_ratio"] = pruning_ratio
         if initial_ratio is not None:
             config["initial_ratio"] = initial_ratio
@@ -88,7 +99,7 @@ class SparseTrainingMethod(PruningMethod):
             config["initial_ratio"] = self.default_initial_ratio(config["final_ratio"])
         return type(self)(**config)
 
-    def default_initial_ratio(self, final_ratio: float) -> float:
+    def default_initial_ratio(self, final_ratio: Any) -> float:
         """s_i when none is given: 0 (dense-to-sparse)."""
         return 0.0
 
@@ -158,8 +169,12 @@ class RigL(SparseTrainingMethod):
         return final_ratio
 
     def configure(self, pruning_ratio, *, initial_ratio=None, initial_mask=None, seed=None):
-        if initial_ratio is not None and not isinstance(pruning_ratio, Mapping) and (
-                initial_ratio != pruning_ratio):
+        if isinstance(pruning_ratio, Mapping):
+            raise ValueError(
+                "Method 'rigl' keeps one fixed density spread over the layers by its initial "
+                "mask (initial_mask='erk' or 'uniform'): give one pruning_ratio, and select "
+                "layers with layers= and exclude=.")
+        if initial_ratio is not None and initial_ratio != pruning_ratio:
             raise ValueError(
                 f"Method 'rigl' keeps a fixed density: initial_ratio ({initial_ratio}) must "
                 f"equal pruning_ratio ({pruning_ratio}) or be left out.")

@@ -61,8 +61,14 @@ class SparseTrainingController:
         self.wrappers = dict(wrappers)
         self.method = method
         self.schedule = schedule
-        self.cubic = (schedule.sparsity(method.initial_ratio, method.final_ratio)
-                      if method.gradual else None)
+        final = method.final_ratio
+        if not method.gradual:
+            self.cubic = None
+        elif isinstance(final, dict):  # per-layer targets (per-pattern ratios)
+            self.cubic = {path: schedule.sparsity(method.initial_ratio, final[path])
+                          for path in wrappers}
+        else:
+            self.cubic = schedule.sparsity(method.initial_ratio, final)
         self.kernels = {path: filters.output_kernel(w.layer) for path, w in wrappers.items()}
         self.sizes = {path: int(np.prod(k.shape)) for path, k in self.kernels.items()}
         self._last_update: int | None = None  # read from the variables once, then kept
@@ -112,8 +118,10 @@ class SparseTrainingController:
         weights = {path: _numpy(k) for path, k in self.kernels.items()}
         before = {path: m.copy() for path, m in masks.items()}
         pruned = regrown = 0
-        if self.cubic is not None and self.cubic.is_update_step(step):
-            masks = magnitude_masks(weights, masks, self.cubic(step), self.method.ranking)
+        if self.cubic is not None and self.schedule.prunes_at(step):
+            target = ({path: cubic(step) for path, cubic in self.cubic.items()}
+                      if isinstance(self.cubic, dict) else self.cubic(step))
+            masks = magnitude_masks(weights, masks, target, self.method.ranking)
             pruned = sum(int(before[p].sum() - masks[p].sum()) for p in masks)
             weights = {path: np.where(masks[path], w, 0).astype(w.dtype)
                        for path, w in weights.items()}

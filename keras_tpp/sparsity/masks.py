@@ -47,7 +47,8 @@ def _top_k(scores: np.ndarray, k: int, eligible: np.ndarray | None = None) -> np
 
 
 def magnitude_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
-                    sparsity: float, ranking: str = "global") -> dict[str, np.ndarray]:
+                    sparsity: float | Mapping[str, float],
+                    ranking: str = "global") -> dict[str, np.ndarray]:
     """Keep the largest |w| among the active weights, so that exactly ⌊(1 − s)·N⌋ stay.
 
     A mask only loses entries: where fewer than ⌊(1 − s)·N⌋ are active (e.g. a layer
@@ -57,15 +58,20 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.nd
     Args:
         weights: {layer: kernel}.
         masks: {layer: current bool mask}.
-        sparsity: s, the target fraction of all prunable weights removed.
+        sparsity: s, the target fraction of all prunable weights removed; with
+            ``ranking="layer"`` also {layer: s_l}, one target per layer.
         ranking: "global" pools every layer's weights (GraNet, GMP); "layer" applies s to
             each layer on its own.
     """
     if ranking not in ("global", "layer"):
         raise ValueError(f"ranking must be 'global' or 'layer', got {ranking!r}.")
+    per_layer = isinstance(sparsity, Mapping)
+    if per_layer and ranking != "layer":
+        raise ValueError("Per-layer sparsities need ranking='layer'.")
     magnitudes = {key: np.abs(w) for key, w in weights.items()}
     if ranking == "layer":
-        return {key: _top_k(v, kept_count(v.size, sparsity), masks[key])
+        return {key: _top_k(v, kept_count(v.size, sparsity[key] if per_layer else sparsity),
+                            masks[key])
                 for key, v in magnitudes.items()}
     keys = list(weights)
     pooled = np.concatenate([magnitudes[key][masks[key]] for key in keys])  # active only

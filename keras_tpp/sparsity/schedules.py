@@ -161,6 +161,14 @@ class SparseTrainingSchedule:
         return CubicSparsity(initial_sparsity, final_sparsity, self.prune_start_step,
                              self.prune_end_step, self.update_frequency)
 
+    def prunes_at(self, step: int) -> bool:
+        """Whether gradual pruning runs at update step ``step`` (its round is in the
+        window)."""
+        c = step // self.update_frequency
+        return (self.is_update_step(step)
+                and self.prune_start_step // self.update_frequency <= c
+                <= self.prune_end_step // self.update_frequency - 1)
+
     def is_update_step(self, step: int) -> bool:
         """Whether the masks change after train step ``step``."""
         return step >= max(1, self.prune_start_step) and step % self.update_frequency == 0
