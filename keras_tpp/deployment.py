@@ -81,6 +81,12 @@ def _check_arguments(model: Any, format: str, quantize: Any, sparse: Any) -> Non
         raise ValueError(f"sparse must be True or False, got {sparse!r}.")
     if format == "saved_model" and (quantize or sparse):
         raise ValueError("quantize= and sparse= apply to format='tflite' only.")
+    if sparse and quantize == "dynamic":
+        # TF 2.21: the converter writes it, but XNNPack (TFLite's default CPU path) fails
+        # to prepare sparse int8 weights ("failed to delegate CONV_2D / FULLY_CONNECTED").
+        raise ValueError("sparse=True cannot be combined with quantize='dynamic': the TFLite "
+                         "interpreter's XNNPack delegate cannot run sparse int8 weights; use "
+                         "sparse=True alone or with quantize='float16'.")
     wrapped = [ref.path_str for ref in iter_layers(model) if isinstance(ref.layer, PruningWrapper)]
     if wrapped:
         raise ValueError(f"Model '{model.name}' still has pruning wrappers ({wrapped[0]}, ...): "
@@ -108,7 +114,11 @@ def _tflite_bytes(model: keras.Model, quantize: str | None, sparse: bool) -> byt
         return converter.convert()
 
 
-def _interpreter(content: bytes) -> Any:
+def _interpreter(content: bytes, num_threads: int | None = None) -> Any:
+    """A TFLite interpreter (default op resolver: XNNPack) with its tensors allocated.
+
+    ``num_threads`` defaults to all CPUs.
+    """
     try:  # LiteRT, the interpreter's new home
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -119,7 +129,8 @@ def _interpreter(content: bytes) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TF 2.21's deprecation notice pointing to LiteRT
-        interpreter = Interpreter(model_content=content, num_threads=os.cpu_count() or 1)
+        interpreter = Interpreter(model_content=content,
+                                  num_threads=num_threads or os.cpu_count() or 1)
     interpreter.allocate_tensors()
     return interpreter
 
@@ -179,7 +190,13 @@ def export(
             (:func:`keras_tpp.fold_batchnorm`).
         quantize: None (float32), "dynamic" (int8 weights) or "float16" (TFLite only).
         sparse: store weights sparsely (``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``), for
-            weight-sparse models; XNNPack runs 1×1 convolutions with ≥ 2/3 zeros sparsely.
+            weight-sparse models: the converter stores each weight tensor with ≥ 30% zeros
+            as its non-zeros and their indices, behind a DENSIFY op. That saves file size.
+            Speed only where XNNPack runs sparse kernels: 1×1 convolutions with ≥ 2/3 zeros
+            in a MobileNet-like chain (a 3×3 stride-2 stem with padding 1 on every side,
+            symmetric-padded depthwise convs, ending in a spatial mean), on ARM or x86
+            without AVX; everywhere else the interpreter densifies the weights when it
+            loads the model and runs dense kernels. Not combinable with "dynamic".
         check_examples: random inputs (uniform in [0, 1)) on which the exported outputs are
             compared with ``model``'s.
         latency_runs: interpreter invocations timed at batch 1 (TFLite; 0 skips).
