@@ -4,6 +4,11 @@
   blocks, 16/32/64 filters. Down-sampling shortcuts are 1×1 conv + BN projections ("option
   B"), which keeps the graph free of Lambda layers; ResNet-56 has 0.86 M parameters (the
   option-A zero-padding variant of the papers has 0.85 M).
+- :func:`cifar_bottleneck_resnet` — the CIFAR variant of the ImageNet bottleneck ResNets
+  (ResNet-50/101/152) used by the sparse-training papers (GraNet, RigL on CIFAR): a 3×3
+  stem of 64 filters with stride 1 and no max-pooling, four stages of bottleneck blocks
+  (64/128/256/512 × 4 output channels), global average pooling; ResNet-50 has 23.5 M
+  trainable parameters for 10 classes.
 - :func:`cifar_vgg` — VGG-11/13/16/19 with batch norm for CIFAR, global average pooling or a
   Flatten→Dense head.
 - :func:`mlp_linear` — TPP's MLP-7-Linear (Wang & Fu, ICLR 2023): Dense 1024→100, five 100→100, 100→10, no
@@ -73,6 +78,67 @@ def cifar_resnet(
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="classifier")(x)
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
+
+
+_BOTTLENECK_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def cifar_bottleneck_resnet(
+    depth: int = 50,
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    width: int = 64,
+) -> keras.Model:
+    """A bottleneck ResNet-``depth`` (50, 101 or 152) for 32×32 images.
+
+    The ImageNet ResNet's blocks with a CIFAR stem: one 3×3 conv of ``width`` filters,
+    stride 1, no max-pooling. Stage ``s`` (1-based) has blocks of 1×1 (``width·2^(s-1)``) →
+    3×3 (same, stride 2 in the first block of stages 2–4) → 1×1 (4× that) convs, each
+    followed by batch norm; a 1×1 conv + BN projection where the shape changes.
+
+    Layers ``stem_conv``/``stem_bn``; ``stage{s}_block{b}_conv1``/``_bn1``/``_conv2``/``_bn2``/
+    ``_conv3``/``_bn3``, ``..._proj``/``_proj_bn`` and the residual ``..._add``; the head is
+    ``classifier``. Output: ``num_classes`` logits.
+    """
+    if depth not in _BOTTLENECK_BLOCKS:
+        raise ValueError(f"Bottleneck ResNet depth must be one of "
+                         f"{sorted(_BOTTLENECK_BLOCKS)}, got {depth}.")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}.")
+
+    def conv_bn(x, filters, kernel, strides, name, suffix):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", name=f"{name}_conv{suffix}")(x)
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                         name=f"{name}_bn{suffix}")(x)
+
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name="stem_conv")(inputs)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, blocks in enumerate(_BOTTLENECK_BLOCKS[depth]):
+        filters = width * 2**stage
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage + 1}_block{block + 1}"
+            y = conv_bn(x, filters, 1, 1, name, 1)
+            y = layers.ReLU(name=f"{name}_relu1")(y)
+            y = conv_bn(y, filters, 3, strides, name, 2)
+            y = layers.ReLU(name=f"{name}_relu2")(y)
+            y = conv_bn(y, 4 * filters, 1, 1, name, 3)
+            shortcut = x
+            if strides != 1 or x.shape[-1] != 4 * filters:
+                shortcut = layers.Conv2D(4 * filters, 1, strides=strides, use_bias=False,
+                                         kernel_initializer="he_normal",
+                                         name=f"{name}_proj")(x)
+                shortcut = layers.BatchNormalization(
+                    momentum=0.9, epsilon=1e-5, name=f"{name}_proj_bn")(shortcut)
+            x = layers.Add(name=f"{name}_add")([y, shortcut])
+            x = layers.ReLU(name=f"{name}_relu3")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, name="classifier")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}_cifar")
 
 
 def cifar_vgg(

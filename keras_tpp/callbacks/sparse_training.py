@@ -129,7 +129,7 @@ class SparseTrainingCallback(keras.callbacks.Callback):
             self.last_update = self.controller.update(due, gradients)
             self.optimizer_state.zero_slots(self.controller.current_masks)
             self._sparsity = self.last_update.sparsity
-            if self.verbose:
+            if self.verbose and (self.last_update.pruned or self.last_update.regrown):
                 u = self.last_update
                 print(f"\nSparseTrainingCallback: step {u.step}: sparsity {u.sparsity:.4f} "
                       f"(pruned {u.pruned}, regrown {u.regrown} at rate {u.rate:.4f})")

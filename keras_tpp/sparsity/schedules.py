@@ -149,11 +149,18 @@ class SparseTrainingSchedule:
         if self.prune_end_step > self.total_steps:
             raise ValueError(f"prune_end_step ({self.prune_end_step}) must be <= total_steps "
                              f"({self.total_steps}).")
-        if self.prune_end_step < self.prune_start_step + self.update_frequency:
+        # Updates happen after steps t = c·ΔT, t >= 1: the first one inside the window is at
+        # round ceil(max(start, 1) / ΔT); the window's last round is end // ΔT - 1.
+        f = self.update_frequency
+        first_round = -(-max(self.prune_start_step, 1) // f)
+        if self.prune_end_step // f - 1 < first_round:
             raise ValueError(
                 f"The pruning window [prune_start_step={self.prune_start_step}, prune_end_step="
-                f"{self.prune_end_step}) holds no mask update every update_frequency="
-                f"{self.update_frequency} steps: make it at least update_frequency long.")
+                f"{self.prune_end_step}) holds no mask update at which the sparsity can change "
+                f"(updates follow steps {first_round * f}, {(first_round + 1) * f}, ... every "
+                f"update_frequency={f} steps, and the window's last update is at round "
+                f"prune_end_step // update_frequency - 1): make prune_end_step >= "
+                f"{(first_round + 1) * f} or update_frequency smaller.")
         self.rate = CosineRate(regrow_ratio, final_regrow_ratio, self.total_steps)
 
     def sparsity(self, initial_sparsity: float, final_sparsity: float) -> CubicSparsity:
