@@ -3,10 +3,11 @@ from setuptools import find_packages, setup
 
 setup(
     name="keras-tpp",
-    version="0.2.0",
+    version="0.3.0",
     description=(
         "Trainability Preserving Pruning (TPP) and related structured pruning "
-        "methods for Keras 3, with exact model surgery."
+        "methods for Keras 3, with exact model surgery, and sparse training (GraNet, "
+        "GMP, RigL)."
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -23,6 +24,10 @@ setup(
     extras_require={
         "data": ["tensorflow-datasets>=4.9"],
         "plots": ["matplotlib>=3.7"],
+        # Reference baseline for benchmarks/gmp_vs_tfmot.py (run in its own process: importing
+        # tensorflow_model_optimization switches tf.keras to tf_keras). tf_keras must match
+        # the TensorFlow minor version.
+        "compare": ["tf_keras>=2.16,<2.22", "tensorflow-model-optimization>=0.8"],
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",
