@@ -52,7 +52,7 @@ def _plan_groups(
 def prepare(
     model: keras.Model,
     pruning_ratio: selection.Ratio = 0.5,
-    method: str = "tpp",
+    method: str | methods.PruningMethod = "tpp",
     *,
     layers: selection.Patterns = None,
     exclude: selection.Patterns = None,

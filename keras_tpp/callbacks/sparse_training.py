@@ -42,7 +42,10 @@ class SparseTrainingCallback(keras.callbacks.Callback):
             regeneration rate's cosine runs over it, and regeneration stops at T.
         prune_start_step, prune_end_step: the window of gradual pruning, in train steps
             (default: 0 to T // 2; the papers prune from epoch 0 to 80 of 160). The
-            sparsity reaches ``pruning_ratio`` exactly at the window's last update.
+            sparsity reaches ``pruning_ratio`` exactly at the window's last update, the one
+            after step (prune_end_step // update_frequency − 1)·update_frequency; the end
+            is excluded (tfmot's ``PolynomialDecay(end_step=E)`` includes E: the same
+            targets at the same steps are ``prune_end_step = E + update_frequency``).
         update_frequency: ΔT, train steps between mask updates (1000 in the papers on
             CIFAR, 4000 on ImageNet).
         regrow_ratio, final_regrow_ratio: the regeneration rate's cosine, r₀ → r_f

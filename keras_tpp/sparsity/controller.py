@@ -15,8 +15,6 @@ One update at train step t (after the optimizer step, as in the authors' code):
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +22,7 @@ import keras
 import numpy as np
 
 from keras_tpp import filters
-from keras_tpp.sparsity.masks import magnitude_masks, regenerate
+from keras_tpp.sparsity.masks import magnitude_masks, parallel_map, regenerate
 from keras_tpp.sparsity.schedules import SparseTrainingSchedule
 from keras_tpp.wrappers import PruningWrapper
 
@@ -72,11 +70,16 @@ class SparseTrainingController:
         self.kernels = {path: filters.output_kernel(w.layer) for path, w in wrappers.items()}
         self.sizes = {path: int(np.prod(k.shape)) for path, k in self.kernels.items()}
         self._last_update: int | None = None  # read from the variables once, then kept
+        # The masks on the host, read once: during training only this controller changes them.
+        self.current_masks: dict[str, np.ndarray] | None = None
 
     # -- state ----------------------------------------------------------------------------
     def masks(self) -> dict[str, np.ndarray]:
-        """{layer path: bool mask, True = kept}."""
-        return {path: _numpy(w.keep_mask) > 0.5 for path, w in self.wrappers.items()}
+        """{layer path: bool mask, True = kept} (read from the wrappers once)."""
+        if self.current_masks is None:
+            self.current_masks = {path: _numpy(w.keep_mask) > 0.5
+                                  for path, w in self.wrappers.items()}
+        return self.current_masks
 
     def sparsity(self) -> float:
         """Fraction of all masked kernels' weights that are masked now."""
@@ -114,37 +117,40 @@ class SparseTrainingController:
     def update(self, step: int, gradients: dict[str, np.ndarray] | None) -> MaskUpdate:
         """Perform the update of train step ``step``; ``gradients`` are required when
         :meth:`needs_gradient` says so."""
-        masks = self.masks()
+        before = self.masks()  # never modified in place: every step below makes new arrays
+        masks = dict(before)
         weights = {path: _numpy(k) for path, k in self.kernels.items()}
-        before = {path: m.copy() for path, m in masks.items()}
         pruned = regrown = 0
         if self.cubic is not None and self.schedule.prunes_at(step):
             target = ({path: cubic(step) for path, cubic in self.cubic.items()}
                       if isinstance(self.cubic, dict) else self.cubic(step))
             masks = magnitude_masks(weights, masks, target, self.method.ranking)
-            pruned = sum(int(before[p].sum() - masks[p].sum()) for p in masks)
-            weights = {path: np.where(masks[path], w, 0).astype(w.dtype)
-                       for path, w in weights.items()}
+            pruned = sum(int(np.count_nonzero(before[p])) - int(np.count_nonzero(masks[p]))
+                         for p in masks)
+            # (Regeneration grows the weights pruned here at zero: they are inactive now.)
         rate = 0.0
         if self.needs_gradient(step):
             if gradients is None:
                 raise ValueError("Regeneration needs the gradients of the last train step.")
             rate = self.schedule.rate(step)
             paths = list(masks)
-            # Layers are independent and numpy's partition releases the GIL: one thread each.
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                results = list(pool.map(
-                    lambda p: regenerate(weights[p], gradients[p], masks[p], rate), paths))
-            for path, (new_mask, new_weight) in zip(paths, results):
-                regrown += int((new_mask & ~masks[path]).sum())
+
+            def regenerate_layer(path: str) -> tuple[np.ndarray, np.ndarray, int]:
+                new_mask, new_weight = regenerate(weights[path], gradients[path], masks[path],
+                                                  rate)
+                return new_mask, new_weight, int(np.count_nonzero(new_mask & ~masks[path]))
+
+            for path, (new_mask, new_weight, grown) in zip(
+                    paths, parallel_map(regenerate_layer, paths)):
+                regrown += grown
                 masks[path], weights[path] = new_mask, new_weight
         for path, wrapper in self.wrappers.items():
-            if not np.array_equal(masks[path], before[path]):
+            if masks[path] is not before[path] and not np.array_equal(masks[path], before[path]):
                 wrapper.keep_mask.assign(masks[path].astype("float32"))
                 self.kernels[path].assign(np.where(masks[path], weights[path], 0).astype(
                     weights[path].dtype))
             wrapper.mask_updated_at.assign(step)
         self._last_update = step
-        kept = sum(int(m.sum()) for m in masks.values())
+        kept = sum(int(np.count_nonzero(m)) for m in masks.values())
         self.current_masks = masks
         return MaskUpdate(step, 1.0 - kept / sum(self.sizes.values()), pruned, regrown, rate)

@@ -5,9 +5,21 @@ Masks are boolean arrays of the kernel's shape, True = kept (active).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+
+
+def parallel_map(function: Callable[[Any], Any], items: Iterable[Any]) -> list:
+    """``[function(x) for x in items]`` on one thread per CPU: numpy's element-wise ops and
+    ``partition`` release the GIL, so independent layers run in parallel."""
+    items = list(items)
+    if len(items) < 2 or (os.cpu_count() or 1) < 2:
+        return [function(x) for x in items]
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return list(pool.map(function, items))
 
 
 def kept_count(size: int, sparsity: float) -> int:
@@ -68,20 +80,26 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.nd
     per_layer = isinstance(sparsity, Mapping)
     if per_layer and ranking != "layer":
         raise ValueError("Per-layer sparsities need ranking='layer'.")
-    magnitudes = {key: np.abs(w) for key, w in weights.items()}
-    if ranking == "layer":
-        return {key: _top_k(v, kept_count(v.size, sparsity[key] if per_layer else sparsity),
-                            masks[key])
-                for key, v in magnitudes.items()}
     keys = list(weights)
-    pooled = np.concatenate([magnitudes[key][masks[key]] for key in keys])  # active only
+    magnitudes = dict(zip(keys, parallel_map(lambda k: np.abs(weights[k]), keys)))
+    if ranking == "layer":
+        return dict(zip(keys, parallel_map(
+            lambda k: _top_k(magnitudes[k], kept_count(
+                magnitudes[k].size, sparsity[k] if per_layer else sparsity), masks[k]), keys)))
+    # The active values only, each layer's compressed into its slice of one array.
+    counts = [int(np.count_nonzero(masks[key])) for key in keys]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    pooled = np.empty(int(starts[-1]), dtype=np.result_type(*magnitudes.values()))
+    parallel_map(lambda i: np.compress(masks[keys[i]].reshape(-1),
+                                       magnitudes[keys[i]].reshape(-1),
+                                       out=pooled[starts[i]:starts[i + 1]]), range(len(keys)))
     k = min(kept_count(sum(w.size for w in weights.values()), sparsity), pooled.size)
     if k == pooled.size:
         return {key: masks[key].copy() for key in keys}
     if k == 0:
         return {key: np.zeros(masks[key].shape, dtype=bool) for key in keys}
     kth = _kth_largest(pooled, k)
-    out = {key: (magnitudes[key] > kth) & masks[key] for key in keys}
+    out = dict(zip(keys, parallel_map(lambda key: (magnitudes[key] > kth) & masks[key], keys)))
     need = k - sum(int(np.count_nonzero(m)) for m in out.values())
     for key in keys:  # ties at the threshold: layer order, then position order
         if need <= 0:
