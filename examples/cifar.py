@@ -95,20 +95,6 @@ def prune_targets(ratio):
     return {"*_conv1": ratio}, None
 
 
-def check_data_flags() -> None:
-    if FLAGS.data_source == "folder":
-        if not FLAGS.data_dir:
-            raise common.usage_error("data_dir", "--data_source folder needs --data_dir (an "
-                                     "image folder with train/ and test/ or its .tar.gz)")
-        if not common.looks_like_image_folder(FLAGS.data_dir):
-            raise common.usage_error("data_dir", f"{FLAGS.data_dir} is not an image folder: "
-                                     "expected <data_dir>/train/<class>/<image> and "
-                                     "<data_dir>/test/<class>/<image>, or a .tar.gz of them")
-    elif FLAGS.data_source == "tfds" and FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
-        raise common.usage_error("data_dir", f"{FLAGS.data_dir} is not a directory; expected "
-                                 "a tfds data dir holding the prepared dataset")
-
-
 _REPORTED = []
 
 
@@ -176,7 +162,7 @@ def make_data():
 
 
 def main() -> None:
-    check_data_flags()
+    common.check_cifar_data_flags(FLAGS.data_source, FLAGS.data_dir)
     common.check_stage_inputs(FLAGS.model_dir)
     strategy = common.setup_tensorflow(FLAGS.strategy, FLAGS.num_cpu_devices)
     import keras

@@ -302,6 +302,22 @@ def looks_like_image_folder(path: str) -> bool:
                for r in roots)
 
 
+def check_cifar_data_flags(data_source: str, data_dir: str | None) -> None:
+    """A UsageError unless --data_source/--data_dir name CIFAR data that can exist: an image
+    folder (or its .tar.gz) for "folder", a directory (if given) for "tfds"."""
+    if data_source == "folder":
+        if not data_dir:
+            raise usage_error("data_dir", "--data_source folder needs --data_dir (an image "
+                              "folder with train/ and test/ or its .tar.gz)")
+        if not looks_like_image_folder(data_dir):
+            raise usage_error("data_dir", f"{data_dir} is not an image folder: expected "
+                              "<data_dir>/train/<class>/<image> and "
+                              "<data_dir>/test/<class>/<image>, or a .tar.gz of them")
+    elif data_source == "tfds" and data_dir and not os.path.isdir(data_dir):
+        raise usage_error("data_dir", f"{data_dir} is not a directory; expected a tfds data "
+                          "dir holding the prepared dataset")
+
+
 # ------------------------------------------------------------------------------- TF setup
 
 

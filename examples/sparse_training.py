@@ -174,17 +174,7 @@ def check_flags() -> None:
     if FLAGS.prune_start_epoch >= end:
         raise common.usage_error("prune_start_epoch", f"{FLAGS.prune_start_epoch} must be "
                                  f"before --prune_end_epoch={end}")
-    if FLAGS.data_source == "folder":
-        if not FLAGS.data_dir:
-            raise common.usage_error("data_dir", "--data_source folder needs --data_dir (an "
-                                     "image folder with train/ and test/ or its .tar.gz)")
-        if not common.looks_like_image_folder(FLAGS.data_dir):
-            raise common.usage_error("data_dir", f"{FLAGS.data_dir} is not an image folder: "
-                                     "expected <data_dir>/train/<class>/<image> and "
-                                     "<data_dir>/test/<class>/<image>, or a .tar.gz of them")
-    elif FLAGS.data_source == "tfds" and FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
-        raise common.usage_error("data_dir", f"{FLAGS.data_dir} is not a directory; expected "
-                                 "a tfds data dir holding the prepared dataset")
+    common.check_cifar_data_flags(FLAGS.data_source, FLAGS.data_dir)
     if os.path.isfile(FLAGS.output_dir):
         raise common.usage_error("output_dir", f"{FLAGS.output_dir} is a file")
 
