@@ -20,6 +20,7 @@ from keras_tpp import (
     graph,
     importance,
     layer_roles,
+    lottery,
     lr_schedules,
     methods,
     metrics,
@@ -27,6 +28,7 @@ from keras_tpp import (
     penalties,
     prepared,
     profiling,
+    scores,
     sparsity,
     surgery,
     validation,
@@ -42,6 +44,7 @@ from keras_tpp.callbacks import (
 from keras_tpp.deployment import ExportCheckError, ExportReport, export
 from keras_tpp.folding import fold_batchnorm
 from keras_tpp.graph import DependencyGraph, UnsupportedModelError
+from keras_tpp.lottery import RewindPoint, lottery_round
 from keras_tpp.methods import METHODS
 from keras_tpp.orthp import orthp
 from keras_tpp.penalty_schedule import PenaltySchedule

@@ -173,8 +173,12 @@ def choose_pruned(
     *,
     seed: int | None = None,
     round_to: int | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
 ) -> dict[int, np.ndarray]:
     """{group id: sorted indices to remove} for every group in ``ratios`` that loses any.
+
+    ``method="scores"`` ranks channels by ``scores`` ({producer path: (N,) channel scores,
+    higher = keep}, e.g. a pruning-at-initialization score summed per filter).
 
     The one place that turns ratios into channels, for :func:`keras_tpp.prepare` and
     :func:`keras_tpp.make_plan`: groups are visited in graph order and the "random" method
@@ -187,7 +191,8 @@ def choose_pruned(
         if group.id not in ratios:
             continue
         indices = pruned_indices(group, ratios[group.id], method,
-                                 seed=int(rng.integers(2**31 - 1)), round_to=round_to)
+                                 seed=int(rng.integers(2**31 - 1)), round_to=round_to,
+                                 scores=scores)
         if len(indices):
             chosen[group.id] = indices
     return chosen
@@ -211,12 +216,15 @@ def pruned_indices(
     *,
     seed: int | None = None,
     round_to: int | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Sorted channel indices of ``group`` to remove.
 
     ceil(ratio·N) channels (at least one kept) with the smallest combined L1 scores
-    (``method="l1"``) or chosen at random (``"random"``, seeded). ``round_to`` rounds the kept
-    count up to a multiple of it (fewer channels removed), for kernels that prefer such widths.
+    (``method="l1"``), the smallest given ``scores`` (``"scores"``: {producer path: (N,)},
+    members' scores mean-normalized and averaged as for L1), or chosen at random
+    (``"random"``, seeded). ``round_to`` rounds the kept count up to a multiple of it (fewer
+    channels removed), for kernels that prefer such widths.
     """
     count = importance.num_pruned(group.size, ratio)
     if round_to:
@@ -227,4 +235,13 @@ def pruned_indices(
             importance.group_l1_scores([p.layer for p in group.producers]), count)
     if method == "random":
         return importance.random_indices(group.size, count, seed)
-    raise ValueError(f"Unknown selection method {method!r}; valid: 'l1', 'random'.")
+    if method == "scores":
+        if scores is None:
+            raise ValueError("Selection by 'scores' needs the channel scores.")
+        members = []
+        for ref in group.producers:
+            values = np.asarray(scores[ref.path_str], dtype="float64")
+            scale = np.abs(values).mean()
+            members.append(values / scale if scale > 0 else values)
+        return importance.lowest(np.mean(members, axis=0), count)
+    raise ValueError(f"Unknown selection method {method!r}; valid: 'l1', 'random', 'scores'.")

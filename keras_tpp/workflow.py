@@ -36,15 +36,32 @@ class _GroupPlan:
     keep_mask: np.ndarray  # (N,) bool; all True until GReg-2's schedule picks
 
 
+def _with_granularity(spec: methods.PruningMethod,
+                      granularity: str | None) -> methods.PruningMethod:
+    """``spec`` at the requested mask granularity (pruning at initialization offers both)."""
+    if granularity is None or granularity == spec.granularity:
+        return spec
+    if isinstance(spec, methods.PruningAtInit):
+        return type(spec)(**{**spec.get_config(), "granularity": granularity})
+    raise ValueError(f"Method '{spec.name}' prunes at granularity '{spec.granularity}'; "
+                     f"granularity={granularity!r} applies to the pruning-at-initialization "
+                     "methods ('snip', 'grasp', 'synflow', 'random_init').")
+
+
 def _plan_groups(
-    graph: DependencyGraph, ratios: dict[int, float], spec: methods.PruningMethod, seed: int | None
+    graph: DependencyGraph, ratios: dict[int, float], spec: methods.PruningMethod,
+    seed: int | None, model: keras.Model, data: object = None,
 ) -> list[_GroupPlan]:
     by_id = {group.id: group for group in graph.groups}
     if spec.selection == "deferred":  # the schedule picks the filters later (GReg-2)
         counts = {gid: importance.num_pruned(by_id[gid].size, r) for gid, r in ratios.items()}
         return [_GroupPlan(by_id[gid], n, np.ones(by_id[gid].size, dtype=bool))
                 for gid, n in sorted(counts.items()) if n]
-    chosen = selection.choose_pruned(graph, ratios, spec.selection, seed=seed)
+    scores = None
+    if spec.selection == "scores":
+        paths = sorted({ref.path_str for gid in ratios for ref in by_id[gid].producers})
+        scores = spec.channel_scores(model, paths, data)
+    chosen = selection.choose_pruned(graph, ratios, spec.selection, seed=seed, scores=scores)
     return [_GroupPlan(by_id[gid], len(pruned), importance.keep_mask(by_id[gid].size, pruned))
             for gid, pruned in chosen.items()]
 
@@ -62,6 +79,8 @@ def prepare(
     on_unsupported: str = "raise",
     initial_ratio: float | None = None,
     initial_mask: str | None = None,
+    data: object = None,
+    granularity: str | None = None,
 ) -> keras.Model:
     """Return a new model whose prunable layers carry masks and the method's penalties.
 
@@ -72,8 +91,10 @@ def prepare(
             selected layer, or a mapping from layer-name patterns (fnmatch, e.g. "*_conv1")
             to ratios; only layers matched by some pattern are then pruned.
         method: a registered method's name (:func:`keras_tpp.methods.names`: "tpp",
-            "greg1", "greg2", "l1", "random"; weight-level: "magnitude", and the sparse-training
-            methods "gmp", "granet", "rigl") or a :class:`keras_tpp.methods.PruningMethod`
+            "greg1", "greg2", "l1", "random"; weight-level: "magnitude", the sparse-training
+            methods "gmp", "granet", "rigl", lottery tickets "lottery"; pruning at
+            initialization "snip", "grasp", "synflow", "random_init") or a
+            :class:`keras_tpp.methods.PruningMethod`
             instance carrying the method's options (e.g. ``methods.GReg2(kept_strength=-2e-4)``).
             For weight-level methods ``pruning_ratio`` is the fraction of all prunable
             weights (every Conv/Dense kernel, first conv and classifier included) removed:
@@ -97,6 +118,10 @@ def prepare(
             ``pruning_ratio``).
         initial_mask: sparse training only: "erk" (default; Erdős–Rényi-kernel layer
             densities) or "uniform" spread of that initial mask; ``seed`` seeds it.
+        data: pruning at initialization with a data-dependent score ("snip", "grasp"):
+            ``(x, y)`` arrays or a ``tf.data.Dataset`` of (x, y) batches to score on.
+        granularity: pruning at initialization: "weight" (default) or "channel"; other
+            methods have one granularity, which this must match if given.
 
     Layers whose outputs meet in a residual sum or concatenation-free coupling share one
     mask: the whole coupled group is pruned at the same channel indices, chosen by the
@@ -110,6 +135,12 @@ def prepare(
     spec = methods.get_method(method)
     cloning.check_functional(model, "keras_tpp.prepare")
     seed = selection.check_seed(seed)
+    spec = _with_granularity(spec, granularity)
+    if isinstance(spec, methods.PruningAtInit):
+        spec.check_data(data)
+    elif data is not None:
+        raise ValueError(f"data= is for the data-dependent pruning-at-initialization scores "
+                         f"('snip', 'grasp'); method '{spec.name}' does not use it.")
     if spec.granularity != "weight":  # raises on the sparse-training arguments
         spec = spec.configure(pruning_ratio, initial_ratio=initial_ratio,
                               initial_mask=initial_mask, seed=seed)
@@ -126,10 +157,10 @@ def prepare(
     if spec.granularity == "weight":
         return _prepare_weight_masks(
             model, pruning_ratio, spec, layers, exclude,
-            dict(initial_ratio=initial_ratio, initial_mask=initial_mask, seed=seed))
+            dict(initial_ratio=initial_ratio, initial_mask=initial_mask, seed=seed), data)
     graph = DependencyGraph(model, on_unsupported=on_unsupported)
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
-    plans = _plan_groups(graph, ratios, spec, seed)
+    plans = _plan_groups(graph, ratios, spec, seed, model, data)
     if not plans:
         raise ValueError(
             f"Nothing to prune in model '{model.name}': "
@@ -190,7 +221,8 @@ def _clone_wrapped(model: keras.Model, make_wrapper) -> keras.Model:
 
 def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
                           spec: methods.PruningMethod, layers: selection.Patterns,
-                          exclude: selection.Patterns, targets: dict) -> keras.Model:
+                          exclude: selection.Patterns, targets: dict,
+                          data: object = None) -> keras.Model:
     """prepare() for a weight-level method: one mask of its kernel's shape per producer,
     from the method (magnitude: the smallest |w| masked, globally or per layer; sparse
     training: all ones, or a random mask at s_i, applied to the weights at once).
@@ -203,10 +235,10 @@ def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
     spec = spec.configure(ratio, **targets)
     kernels = {ref.path_str: keras.ops.convert_to_numpy(filters.output_kernel(ref.layer))
                for ref in refs}
-    keep = spec.initial_weight_masks(kernels, ratio) if refs else {}
-    # Sparse training removes weights during training; one-shot magnitude pruning now.
+    keep = spec.initial_weight_masks(kernels, ratio, model=model, data=data) if refs else {}
+    # Sparse training and lottery rounds remove weights later; the other methods now.
     largest = max(ratio.values()) if isinstance(ratio, dict) else ratio
-    removes = largest > 0 if isinstance(spec, methods.SparseTrainingMethod) else any(
+    removes = largest > 0 if spec.prunes_after_prepare else any(
         not mask.all() for mask in keep.values())
     if not refs or not removes:
         raise ValueError(

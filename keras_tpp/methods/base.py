@@ -17,7 +17,8 @@ class PruningMethod:
         name: the name passed as ``prepare(method=...)`` and the scripts' ``--method``.
         description: one line for errors and docs.
         selection: how pruned channels are chosen at prepare time: "l1" (smallest mean |w|),
-            "random" (seeded), or "deferred" (the controller picks them during training).
+            "random" (seeded), "deferred" (the controller picks them during training), or
+            "scores" (the method's :meth:`channel_scores`, e.g. pruning at initialization).
         gram: attach TPP's gram decorrelation term to the producers' kernels.
         l2: attach the masked L2 term to producers' kernels and biases.
         norm_l2: attach the masked L2 term to γ/β of the batch norms that follow.
@@ -36,6 +37,9 @@ class PruningMethod:
     l2: ClassVar[bool] = False
     norm_l2: ClassVar[bool] = False
     granularity: ClassVar[str] = "channel"
+    #: Weight-level methods whose masks may start all ones at prepare and lose weights later
+    #: (sparse training, lottery rounds): prepare does not call that "nothing to prune".
+    prunes_after_prepare: ClassVar[bool] = False
 
     def controller(self, wrappers: list, schedule: PenaltySchedule) -> controllers.Controller:
         """The object that sets the wrappers' λ, masks and phase at each step."""
@@ -56,10 +60,16 @@ class PruningMethod:
                 f"('gmp', 'granet', 'rigl'), not to '{self.name}'.")
         return self
 
-    def initial_weight_masks(self, kernels: dict[str, np.ndarray],
-                             pruning_ratio: float) -> dict[str, np.ndarray]:
+    def initial_weight_masks(self, kernels: dict[str, np.ndarray], pruning_ratio: Any, *,
+                             model: Any = None, data: Any = None) -> dict[str, np.ndarray]:
         """Weight-level methods: {layer path: bool mask of the kernel's shape} that
-        :func:`keras_tpp.prepare` starts from, given the kernels and the pruning ratio."""
+        :func:`keras_tpp.prepare` starts from, given the kernels, the pruning ratio (a float
+        or {layer path: ratio}) and, for scores that need them, the model and ``data``."""
+        raise NotImplementedError
+
+    def channel_scores(self, model: Any, paths: list[str], data: Any) -> dict[str, np.ndarray]:
+        """``selection = "scores"`` methods: {producer path: (N,) channel scores, higher =
+        keep}."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:

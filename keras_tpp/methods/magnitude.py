@@ -53,7 +53,7 @@ class Magnitude(PruningMethod):
                           initial_mask=initial_mask)
         return type(self)(ranking=resolve_ranking(self.ranking, pruning_ratio))
 
-    def initial_weight_masks(self, kernels, pruning_ratio):
+    def initial_weight_masks(self, kernels, pruning_ratio, *, model=None, data=None):
         ones = {path: np.ones(k.shape, dtype=bool) for path, k in kernels.items()}
         ranking = resolve_ranking(self.ranking, pruning_ratio)
         return sparsity.magnitude_masks(kernels, ones, pruning_ratio, ranking=ranking)

@@ -12,9 +12,9 @@ def register(cls: type) -> type:
 
     if not (isinstance(cls, type) and issubclass(cls, PruningMethod)) or not cls.name:
         raise ValueError(f"register() takes a PruningMethod subclass with a name, got {cls!r}.")
-    if cls.selection not in ("l1", "random", "deferred"):
-        raise ValueError(f"{cls.__name__}.selection must be 'l1', 'random' or 'deferred', got "
-                         f"{cls.selection!r}.")
+    if cls.selection not in ("l1", "random", "deferred", "scores"):
+        raise ValueError(f"{cls.__name__}.selection must be 'l1', 'random', 'deferred' or "
+                         f"'scores', got {cls.selection!r}.")
     if cls.granularity not in ("channel", "weight"):
         raise ValueError(f"{cls.__name__}.granularity must be 'channel' or 'weight', got "
                          f"{cls.granularity!r}.")

@@ -53,6 +53,7 @@ class SparseTrainingMethod(PruningMethod):
 
     granularity = "weight"
     selection = "deferred"
+    prunes_after_prepare = True
     gradual: ClassVar[bool] = True
     regenerates: ClassVar[bool] = False
 
@@ -103,8 +104,8 @@ class SparseTrainingMethod(PruningMethod):
         """s_i when none is given: 0 (dense-to-sparse)."""
         return 0.0
 
-    def initial_weight_masks(self, kernels: dict[str, np.ndarray],
-                             pruning_ratio: float) -> dict[str, np.ndarray]:
+    def initial_weight_masks(self, kernels: dict[str, np.ndarray], pruning_ratio: Any, *,
+                             model: Any = None, data: Any = None) -> dict[str, np.ndarray]:
         """The masks prepare starts from: all ones at s_i = 0, else random at s_i (the
         final ``pruning_ratio`` is reached during training)."""
         if not self.initial_ratio:
