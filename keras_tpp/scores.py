@@ -127,7 +127,7 @@ def snip(
         exclude: fnmatch pattern(s) of producers to leave out.
 
     Returns:
-        {layer path: array of the kernel's shape and dtype}, S ≥ 0, higher = keep.
+        {layer path: float64 array of the kernel's shape}, S ≥ 0, higher = keep.
     """
     refs = selection.weight_layers(model, layers, exclude)
     batches = _batches("snip", x, y, batch_size, steps)
@@ -261,9 +261,9 @@ def synflow(model: keras.Model, masks: Mapping[str, np.ndarray] | None = None,
     homogeneously are accepted (linear and ReLU-like activations, pooling, BN, Add /
     Concatenate / Maximum, reshapes, padding, dropout); any other layer (LayerNormalization,
     softmax, Lambda, attention, Subtract, Multiply, custom layers, ...) is a ValueError
-    naming it, raised before any variable is changed. The computation runs in the model's
-    dtype: a very deep float32 network whose path products overflow is a ValueError (build
-    it in float64).
+    naming it, raised before any variable is changed. The computation runs in float64 (on a
+    float64 copy of a float32 model: the path products of deep networks overflow float32);
+    an overflow even there is a ValueError.
 
     Args:
         model: a built Keras model whose inputs have fully known shapes (TensorFlow backend).
@@ -273,11 +273,12 @@ def synflow(model: keras.Model, masks: Mapping[str, np.ndarray] | None = None,
         exclude: fnmatch pattern(s) of producers to leave out.
 
     Returns:
-        {layer path: array of the kernel's shape and dtype}, S ≥ 0, higher = keep.
+        {layer path: float64 array of the kernel's shape}, S ≥ 0, higher = keep.
     """
     refs = selection.weight_layers(model, layers, exclude)
     _check_masks(masks, refs)
-    with _FlowNetwork(model, refs) as flow:
+    flow_model, flow_refs = _float64_flow_model(model, layers, exclude)
+    with _FlowNetwork(flow_model, flow_refs) as flow:
         return flow.scores(masks)
 
 
@@ -315,7 +316,8 @@ def synflow_masks(model: keras.Model, density: float, rounds: int = 100,
                               if masks is None or ref.path_str not in masks
                               else np.asarray(masks[ref.path_str], bool).copy())
                for ref in refs}
-    with _FlowNetwork(model, refs) as flow:
+    flow_model, flow_refs = _float64_flow_model(model, layers, exclude)
+    with _FlowNetwork(flow_model, flow_refs) as flow:
         for k in range(1, rounds + 1):
             scores = flow.scores(current)
             current = top_masks(scores, density ** (k / rounds), masks=current)
@@ -636,6 +638,33 @@ def _activation_refusal(fn: Any) -> str | None:
         return None
     return (f"applies the {name or repr(fn)} activation; SynFlow needs activations equal to "
             f"c·x (c > 0) on x ≥ 0 ({', '.join(_FLOW_ACTIVATIONS)})")
+
+
+def _float64_flow_model(model: keras.Model, layers: selection.Patterns,
+                        exclude: selection.Patterns) -> tuple[keras.Model, list]:
+    """(model, its selected producers) in float64 for the flow computation: the model itself
+    if all its floating weights are float64, else a float64 copy (path products over a deep
+    network overflow float32: ResNet-50's R is inf in float32; the reference code runs in
+    double). The copy has the same layer paths; ``model`` is never changed."""
+    from keras_tpp import cloning
+
+    if all(keras.backend.standardize_dtype(v.dtype) == "float64"
+           for v in model.weights if "float" in keras.backend.standardize_dtype(v.dtype)):
+        return model, selection.weight_layers(model, layers, exclude)
+
+    def config(layer: keras.layers.Layer) -> dict:
+        values = layer.get_config()
+        if "dtype" in values:
+            values["dtype"] = "float64"
+        return values
+
+    def weights(layer: keras.layers.Layer) -> list[np.ndarray]:
+        return [np.asarray(w, dtype=np.float64) if np.issubdtype(np.asarray(w).dtype,
+                                                                 np.floating) else w
+                for w in layer.get_weights()]
+
+    copy = cloning.clone(model, config=config, weights=weights).model
+    return copy, selection.weight_layers(copy, layers, exclude)
 
 
 class _FlowNetwork:

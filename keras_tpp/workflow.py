@@ -259,7 +259,7 @@ def _prepare_weight_masks(model: keras.Model, pruning_ratio: selection.Ratio,
             num_pruned=int((~mask).sum()), group=path), mask
 
     pmodel = _clone_wrapped(model, make_wrapper)
-    if isinstance(spec, methods.SparseTrainingMethod):
+    if isinstance(spec, (methods.SparseTrainingMethod, methods.PruningAtInit)):
         for wrapper in find_wrappers(pmodel):  # sparse from the first forward pass
             wrapper.zero_pruned()
             wrapper.enforce.assign(1.0)

@@ -271,13 +271,16 @@ def test_synflow_restores_weights_when_an_error_is_raised_midway(monkeypatch):
     seen = {}
 
     def failing(self, masks):
-        seen["c1"] = model.get_layer("c1").kernel.numpy().copy()
+        # The flow network is a float64 copy of the float32 model, linearized.
+        seen["c1"] = self.model.get_layer("c1").kernel.numpy().copy()
+        seen["dtype"] = str(self.model.get_layer("c1").kernel.dtype)
         raise RuntimeError("boom")
 
     monkeypatch.setattr(scores._FlowNetwork, "scores", failing)
     with pytest.raises(RuntimeError, match="boom"):
         scores.synflow_masks(model, 0.5, rounds=3)
-    np.testing.assert_array_equal(seen["c1"], np.abs(saved[0]))  # it was linearized
+    np.testing.assert_array_equal(seen["c1"], np.abs(saved[0]).astype("float64"))
+    assert seen["dtype"] == "float64"
     _assert_unchanged(model, saved)
 
 
@@ -340,3 +343,21 @@ def test_top_masks_rank_signed_scores_with_exact_counts_and_filter_scores_sum():
     channel = scores.filter_scores(model, mag)
     np.testing.assert_allclose(channel["c1"], mag["c1"].sum(axis=(0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(channel["head"], mag["head"].sum(axis=0), rtol=1e-6)
+
+
+def test_synflow_of_a_deep_float32_network_runs_in_float64():
+    """Path products of 30 Dense layers of width 64 with unit-variance weights reach ~1e50:
+    beyond float32 (max 3.4e38), within float64; the scores stay finite and the float32
+    model is untouched."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((64,))
+    x = inputs
+    for i in range(30):
+        x = keras.layers.Dense(64, activation="relu", name=f"d{i}",
+                               kernel_initializer=keras.initializers.RandomNormal(0, 1))(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(x))
+    saved = _snapshot(model)
+    flow = scores.synflow(model)
+    assert all(np.all(np.isfinite(v)) for v in flow.values())
+    assert max(float(v.max()) for v in flow.values()) > 3.4e38
+    _assert_unchanged(model, saved)
