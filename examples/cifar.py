@@ -17,7 +17,7 @@ Examples::
 
     # offline CIFAR-10 JPEG copy (see the README), ResNet-56, TPP at ratio 0.5:
     python examples/cifar.py --data_source folder \
-        --data_dir /work/shared/data/cifar10-jpeg.tar.gz --model_dir runs/r56_tpp
+        --data_dir cifar10-jpeg.tar.gz --model_dir runs/r56_tpp
     # VGG-19 on CIFAR-100 with GReg-1, per-layer ratios:
     python examples/cifar.py --model vgg19 --dataset cifar100 --method greg1 \
         --pruning_ratio "conv1[0-6]:0.7,conv[2-9]:0.5"

@@ -17,7 +17,7 @@ The published table (SPEC §1; its pruning ratio is unverified): accuracy at LR 
 mean JSV: L1 91.36 / 90.54 / 0.0040, L1+OrthP 92.79 / 92.77 / 1.0000, TPP 92.82 / 92.77 /
 3.4875.
 
-    KERAS_HOME=/work/shared/data/keras python examples/mnist_mlp.py --retrain_lr 1e-2,1e-3
+    KERAS_HOME=<folder holding datasets/mnist.npz> python examples/mnist_mlp.py --retrain_lr 1e-2,1e-3
 """
 from __future__ import annotations
 

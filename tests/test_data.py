@@ -19,7 +19,8 @@ from keras_tpp.data import (
     synthetic_shapes,
 )
 
-SHARED_MNIST = "/work/shared/data/keras"
+# A real MNIST copy, if this machine has one (Keras' own location, or KERAS_HOME).
+SHARED_MNIST = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
 
 
 def _unnormalize(images, mean=CIFAR10_MEAN, std=CIFAR10_STD):
@@ -398,7 +399,7 @@ def test_mnist_arrays_from_tfds_mock():
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_MNIST, "datasets", "mnist.npz")),
-                    reason="shared MNIST copy not available")
+                    reason="no local MNIST copy (KERAS_HOME/datasets/mnist.npz)")
 def test_mnist_arrays_real_file():
     (x_train, y_train), (x_test, y_test) = mnist_arrays(
         data_dir=SHARED_MNIST, train_examples=256, test_examples=64)

@@ -5,7 +5,7 @@ Offline sources, tried in this order:
 1. ``data_dir`` (argument): a ``mnist.npz`` file, or a directory containing ``mnist.npz``
    or ``datasets/mnist.npz`` (Keras' file format: x_train, y_train, x_test, y_test);
 2. ``$KERAS_HOME/datasets/mnist.npz`` (read at call time, e.g.
-   ``KERAS_HOME=/work/shared/data/keras``);
+   ``KERAS_HOME=<folder holding datasets/mnist.npz>``);
 3. ``keras.datasets.mnist.load_data()`` (``source="keras"``; downloads if it can) or
    ``tfds.load("mnist")`` (``source="tfds"``, ``data_dir`` = tfds data dir).
 """
