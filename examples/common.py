@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 
@@ -300,6 +300,23 @@ def looks_like_image_folder(path: str) -> bool:
     roots = [path] + (subdirs if len(subdirs) == 1 else [])
     return any(os.path.isdir(os.path.join(r, "train")) and os.path.isdir(os.path.join(r, "test"))
                for r in roots)
+
+
+def synthetic_cifar_data(max_train: int | None, max_test: int | None, seed: int,
+                         options: dict, info: dict) -> tuple[Any, Any, dict]:
+    """(train, test, info) CIFAR-shaped pipelines of keras_tpp's synthetic shapes (5,000 /
+    1,000 examples unless limited); ``options`` go to ``cifar_pipeline``, ``info`` gains
+    the counts."""
+    from keras_tpp.data import cifar_pipeline, synthetic_shapes
+
+    n_train, n_test = max_train or 5000, max_test or 1000
+    arrays = {"train": synthetic_shapes(n_train, seed=seed),
+              "test": synthetic_shapes(n_test, seed=seed + 1)}
+    train = cifar_pipeline("train", source="arrays", arrays=arrays, training=True, **options)
+    test = cifar_pipeline("test", source="arrays", arrays=arrays, training=False, **options)
+    info.update(train_examples=n_train, test_examples=n_test,
+                note="keras_tpp synthetic shapes (10 classes)")
+    return train, test, info
 
 
 def check_cifar_data_flags(data_source: str, data_dir: str | None) -> None:

@@ -219,23 +219,14 @@ def check_schedule(steps_per_epoch: int) -> dict:
 
 def make_data() -> tuple[Any, Any, dict]:
     """(train, test) tf.data pipelines of CIFAR batches and a description for the summary."""
-    from keras_tpp.data import cifar_pipeline, list_image_folder, synthetic_shapes
+    from keras_tpp.data import cifar_pipeline, list_image_folder
 
     classes = NUM_CLASSES[FLAGS.dataset]
     options = dict(dataset=FLAGS.dataset, batch_size=FLAGS.batch_size, seed=FLAGS.seed)
     info: dict = {"source": FLAGS.data_source, "dataset": FLAGS.dataset}
     if FLAGS.data_source == "synthetic":
-        n_train = FLAGS.max_train_examples or 5000
-        n_test = FLAGS.max_test_examples or 1000
-        arrays = {"train": synthetic_shapes(n_train, seed=FLAGS.seed),
-                  "test": synthetic_shapes(n_test, seed=FLAGS.seed + 1)}
-        train = cifar_pipeline("train", source="arrays", arrays=arrays, training=True,
-                               **options)
-        test = cifar_pipeline("test", source="arrays", arrays=arrays, training=False,
-                              **options)
-        info.update(train_examples=n_train, test_examples=n_test,
-                    note="keras_tpp synthetic shapes (10 classes)")
-        return train, test, info
+        return common.synthetic_cifar_data(FLAGS.max_train_examples, FLAGS.max_test_examples,
+                                           FLAGS.seed, options, info)
     limits = dict(train=FLAGS.max_train_examples, test=FLAGS.max_test_examples)
     if FLAGS.data_source == "folder":
         from keras_tpp.data.folder import extract_archive
