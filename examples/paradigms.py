@@ -386,22 +386,19 @@ class Trainer:
                              .prefetch(2))
         return self._dataset
 
-    def compile(self, model, learning_rate: float, run_steps: int | None,
-                offset: int = 0) -> None:
+    def compile(self, model, learning_rate: float, run_steps: int | None) -> None:
         """A fresh SGD (momentum 0.9) whose LR drops ×0.1 at 50 % and 75 % of a run of
-        ``run_steps`` iterations, starting at iteration ``offset`` of that run (constant
-        for ``run_steps=None``)."""
+        ``run_steps`` iterations (constant for ``run_steps=None``)."""
         import keras
 
         from keras_tpp.experiments.training import add_coupled_weight_decay
         from keras_tpp.lr_schedules import FineTuneSchedule
 
         drops = ([] if run_steps is None else
-                 [round(0.5 * run_steps) - offset, round(0.75 * run_steps) - offset])
+                 [round(0.5 * run_steps), round(0.75 * run_steps)])
         values = [learning_rate * 0.1 ** i for i in range(3)]
-        first = sum(1 for d in drops if d <= 0)  # drops already behind the offset
+        values = values[sum(1 for d in drops if d <= 0):]  # drops at step 0 (tiny runs)
         boundaries = [d for d in drops if d > 0]
-        values = values[first:]
         while len(boundaries) > 1 and boundaries[0] >= boundaries[1]:
             boundaries.pop(0)
             values.pop(0)
@@ -673,7 +670,8 @@ def run_lottery(trainer: Trainer, sparsity: float, ctx: dict) -> dict:
                   flush=True)
         if index == rounds - 1:
             measured = after_pruning(trainer, pmodel)
-        trainer.compile(pmodel, FLAGS.lr, run, offset=rewind)
+        trainer.compile(pmodel, FLAGS.lr, run)
+        lottery.resume_schedule(pmodel)  # the LR schedule goes on from the rewind step
         steps += trainer.fit(pmodel, run - rewind, (keras_tpp.PruningCallback(),))
     final = measure_final(trainer, keras_tpp.strip(pmodel), ctx["dense_size"], pmodel)
     return {**final, **measured, "train_steps": steps,

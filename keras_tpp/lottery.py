@@ -1,4 +1,4 @@
-"""Lottery tickets: iterative magnitude pruning (IMP) with rewinding, weight level.
+"""Lottery tickets: iterative magnitude pruning (IMP) with rewinding, weight or channel level.
 
 The loop of Frankle & Carbin (ICLR 2019) with rewinding (Frankle et al., ICML 2020):
 save the weights θ_k at train step k (k = 0: the original lottery ticket; rewinding:
@@ -6,6 +6,12 @@ k ≈ 500–1000 on CIFAR ResNets), train to the end, remove ``rate`` (20 %) of 
 weights by global magnitude over every Conv and Dense kernel, put the survivors back to θ_k,
 repeat; after L rounds the sparsity is 1 − 0.8^L (exact counts: ⌊0.8·kept⌋ stay each round);
 finally train the last mask to the end.
+
+Channel level (``prepare(model, 0.5, method="lottery", granularity="channel")``): each
+round, every channel group (the producers a residual sum couples) keeps ⌊0.8·kept⌋ of its
+remaining channels, ranked by their L1 norm as L1 pruning ranks them, until it reaches the
+target width; the batch norms behind it lose the same channels; survivors are rewound the
+same way. ``keras_tpp.apply_masks`` then ``keras_tpp.shrink`` give the thin ticket.
 
 What is rewound: every variable of the model except the pruning state, i.e. kernels
 (masked entries zero), biases, BatchNormalization γ/β AND moving mean/variance, as the
@@ -55,18 +61,18 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
-from keras_tpp import filters
+from keras_tpp import filters, importance
 from keras_tpp.callbacks.pruning import model_method
 from keras_tpp.experiments.atomic import atomic_write_bytes
-from keras_tpp.graph import iter_layers
+from keras_tpp.graph import DependencyGraph, iter_layers
 from keras_tpp.methods.lottery import Lottery, check_rate
-from keras_tpp.prepared import wrappers_by_path
+from keras_tpp.prepared import strip, wrappers_by_path
 from keras_tpp.sparsity.masks import kept_count, magnitude_masks
 from keras_tpp.validation import finite_float, non_negative_int
 from keras_tpp.wrappers import STATE_VARIABLES, PruningWrapper, find_wrappers
 
 __all__ = ["RewindPoint", "RoundReport", "Snapshot", "lottery_round", "model_variables",
-           "remaining_rounds", "rounds_needed", "train_step"]
+           "remaining_rounds", "resume_schedule", "rounds_needed", "train_step"]
 
 #: Version of the snapshot file layout written by :meth:`Snapshot.save`.
 SNAPSHOT_FORMAT = 1
@@ -325,16 +331,18 @@ class RoundReport:
     """What one :func:`lottery_round` did.
 
     Args:
-        sparsity: fraction of the masked weights now removed.
+        sparsity: fraction of the masked weights now removed (channel level: of the pruned
+            groups' channels, each group counted once).
         previous_sparsity: that fraction before the round.
-        kept: weights kept, over all masked kernels.
-        removed: weights removed by this round.
-        total: masked weights in all (every masked kernel's size).
+        kept: weights (channels) kept, over all masked kernels (groups).
+        removed: weights (channels) removed by this round.
+        total: masked weights in all (every masked kernel's size; channel level: the
+            groups' widths).
         target: the target sparsity given to prepare (a float, or {layer: target}).
         rate: the fraction of the remaining weights this round removed (before capping).
         reached_target: whether the target is now reached (no round is left).
         step: the train step the weights were rewound to.
-        layers: {layer path: (kept, size)}.
+        layers: {producer path: (kept, size)}, in weights (channels).
 
     Example:
         >>> report = keras_tpp.lottery.lottery_round(pmodel, snapshot)
@@ -353,19 +361,134 @@ class RoundReport:
     layers: dict = field(repr=False)
 
 
-def _next_kept(kept: int, size: int, rate: float, target: float) -> int:
-    """Weights one round leaves of ``kept`` (out of ``size``): ⌊(1 − rate)·kept⌋, never
-    fewer than the target sparsity keeps."""
-    floor = kept_count(size, target)
-    return kept if kept <= floor else max(kept_count(kept, rate), floor)
+def _lottery_wrappers(pmodel: Any) -> tuple[Lottery, dict[str, PruningWrapper]]:
+    wrappers = wrappers_by_path(pmodel) if isinstance(pmodel, keras.Model) else {}
+    if not wrappers:
+        raise ValueError(
+            f"Lottery rounds need a model returned by keras_tpp.prepare(model, ratio, "
+            f"method='lottery'); {getattr(pmodel, 'name', type(pmodel).__name__)!r} has no "
+            "PruningWrapper layers.")
+    method = model_method(list(wrappers.values()))
+    if not isinstance(method, Lottery):
+        raise ValueError(f"Lottery rounds need a model prepared with method='lottery'; this "
+                         f"one was prepared with '{method.name}'.")
+    return method, wrappers
+
+
+def _targets(method: Lottery, paths: list[str]) -> dict[str, float]:
+    final = method.final_ratio
+    if isinstance(final, Mapping):
+        return {path: float(final.get(path, 0.0)) for path in paths}
+    return {path: float(final or 0.0) for path in paths}
+
+
+def _mask(wrapper: PruningWrapper) -> np.ndarray:
+    return keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What a round ranks together: the layer paths, the entries kept now, their number,
+    and the entries the target keeps (weights, or channels of one group)."""
+
+    paths: tuple[str, ...]
+    kept: int
+    size: int
+    floor: int
+
+    def next_kept(self, rate: float) -> int:
+        """⌊(1 − rate)·kept⌋, never fewer than the target keeps."""
+        if self.kept <= self.floor:
+            return self.kept
+        return max(kept_count(self.kept, rate), self.floor)
+
+    def rounds(self, rate: float) -> int:
+        """Rounds until the target is reached."""
+        count, unit = 0, self
+        while unit.kept > unit.floor:
+            unit = _Unit(unit.paths, unit.next_kept(rate), unit.size, unit.floor)
+            count += 1
+        return count
+
+
+# -- what one round keeps: weight level -------------------------------------------------------
+def _weight_units(method: Lottery, wrappers: dict[str, PruningWrapper]) -> list[_Unit]:
+    """Weight level: one unit over all kernels ("global") or one per kernel ("layer")."""
+    masks = {path: _mask(w) for path, w in wrappers.items()}
+    if method.ranking == "layer":
+        targets = _targets(method, list(masks))
+        return [_Unit((path,), int(m.sum()), m.size, kept_count(m.size, targets[path]))
+                for path, m in masks.items()]
+    size = sum(m.size for m in masks.values())
+    return [_Unit(tuple(masks), sum(int(m.sum()) for m in masks.values()), size,
+                  kept_count(size, float(method.final_ratio or 0.0)))]
+
+
+def _weight_masks(method: Lottery, wrappers: dict[str, PruningWrapper],
+                  units: list[_Unit], rate: float) -> dict[str, np.ndarray]:
+    """The new kernel masks: the ⌊(1 − rate)·kept⌋ largest |w| of each unit stay."""
+    masks = {path: _mask(w) for path, w in wrappers.items()}
+    kernels = {path: keras.ops.convert_to_numpy(filters.output_kernel(w.layer))
+               for path, w in wrappers.items()}
+    if method.ranking == "layer":
+        ratios = {unit.paths[0]: 1.0 - unit.next_kept(rate) / unit.size for unit in units}
+        return magnitude_masks(kernels, masks, ratios, ranking="layer")
+    (unit,) = units
+    return magnitude_masks(kernels, masks, 1.0 - unit.next_kept(rate) / unit.size,
+                           ranking="global")
+
+
+# -- what one round keeps: channel level ------------------------------------------------------
+def _channel_units(wrappers: dict[str, PruningWrapper]) -> list[_Unit]:
+    """Channel level: one unit per channel group (its producers share one mask); the target
+    is the group's ``num_pruned``, fixed by prepare."""
+    groups: dict[str, list[str]] = {}
+    for path, wrapper in wrappers.items():
+        if wrapper.is_producer:
+            groups.setdefault(wrapper.group, []).append(path)
+    units = []
+    for paths in groups.values():
+        first = wrappers[paths[0]]
+        mask = _mask(first)
+        units.append(_Unit(tuple(paths), int(mask.sum()), mask.size,
+                           mask.size - first.num_pruned))
+    return units
+
+
+def _channel_masks(pmodel: keras.Model, wrappers: dict[str, PruningWrapper],
+                   units: list[_Unit], rate: float) -> dict[str, np.ndarray]:
+    """New (N,) masks of every wrapper: each group keeps its ⌊(1 − rate)·kept⌋ remaining
+    channels of the largest combined L1 norm (:func:`keras_tpp.importance.group_l1_scores`,
+    the members' scores mean-normalized); the batch norms that follow a group take its mask
+    at their offset (behind a Concatenate, several groups')."""
+    new: dict[str, np.ndarray] = {}
+    for unit in units:
+        members = [wrappers[path] for path in unit.paths]
+        scores = importance.group_l1_scores([w.layer for w in members])
+        scores = np.where(_mask(members[0]), scores, -np.inf)  # gone stays gone
+        count = unit.size - unit.next_kept(rate)
+        mask = importance.keep_mask(unit.size, importance.lowest(scores, count))
+        for path in unit.paths:
+            new[path] = mask
+    norms = {path: w for path, w in wrappers.items() if not w.is_producer}
+    if norms:
+        graph = DependencyGraph(strip(pmodel), on_unsupported="skip")
+        for group in graph.groups:
+            mask = new.get(group.producers[0].path_str)
+            if mask is None:
+                continue
+            for slot in group.follower_slots:
+                path = slot.ref.path_str
+                if path in norms:
+                    norm_mask = new.setdefault(path, np.ones(norms[path].num_channels, bool))
+                    norm_mask[slot.offset:slot.offset + group.size] &= mask
+        for path, wrapper in norms.items():  # a norm no group reaches keeps its own mask
+            new.setdefault(path, _mask(wrapper))
+    return new
 
 
 def _count_rounds(kept: int, size: int, rate: float, target: float) -> int:
-    rounds = 0
-    while kept > kept_count(size, target):
-        kept = _next_kept(kept, size, rate, target)
-        rounds += 1
-    return rounds
+    return _Unit((), kept, size, kept_count(size, target)).rounds(rate)
 
 
 def rounds_needed(target: float, rate: float = 0.2, total: int | None = None) -> int:
@@ -391,41 +514,16 @@ def rounds_needed(target: float, rate: float = 0.2, total: int | None = None) ->
     return max(0, math.ceil(math.log1p(-target) / math.log1p(-rate) - 1e-9))
 
 
-def _lottery_wrappers(pmodel: Any) -> tuple[Lottery, dict[str, PruningWrapper]]:
-    wrappers = wrappers_by_path(pmodel) if isinstance(pmodel, keras.Model) else {}
-    if not wrappers:
-        raise ValueError(
-            f"Lottery rounds need a model returned by keras_tpp.prepare(model, ratio, "
-            f"method='lottery'); {getattr(pmodel, 'name', type(pmodel).__name__)!r} has no "
-            "PruningWrapper layers.")
-    method = model_method(list(wrappers.values()))
-    if not isinstance(method, Lottery):
-        raise ValueError(f"Lottery rounds need a model prepared with method='lottery'; this "
-                         f"one was prepared with '{method.name}'.")
-    return method, wrappers
-
-
-def _targets(method: Lottery, paths: list[str]) -> dict[str, float]:
-    final = method.final_ratio
-    if isinstance(final, Mapping):
-        return {path: float(final.get(path, 0.0)) for path in paths}
-    return {path: float(final or 0.0) for path in paths}
-
-
-def _plan(method: Lottery, masks: dict[str, np.ndarray], rate: float) -> dict[str, int] | int:
-    """Kept counts after one round: {layer: kept} ("layer" ranking) or the total ("global")."""
-    if method.ranking == "layer":
-        targets = _targets(method, list(masks))
-        return {path: _next_kept(int(mask.sum()), mask.size, rate, targets[path])
-                for path, mask in masks.items()}
-    size = sum(mask.size for mask in masks.values())
-    return _next_kept(sum(int(mask.sum()) for mask in masks.values()), size, rate,
-                      float(method.final_ratio or 0.0))
+def _units(method: Lottery, wrappers: dict[str, PruningWrapper]) -> list[_Unit]:
+    if method.granularity == "channel":
+        return _channel_units(wrappers)
+    return _weight_units(method, wrappers)
 
 
 def remaining_rounds(pmodel: keras.Model, rate: float | None = None) -> int:
-    """The rounds still to run before ``pmodel``'s masks reach the target sparsity given to
-    prepare (0: train the last mask to the end), with exact counts.
+    """The rounds still to run before ``pmodel``'s masks reach the target given to prepare
+    (0: train the last mask to the end), with exact counts (channel level: the most any
+    group needs).
 
     Args:
         pmodel: a model prepared with ``method="lottery"`` (e.g. reloaded to resume).
@@ -437,30 +535,23 @@ def remaining_rounds(pmodel: keras.Model, rate: float | None = None) -> int:
     """
     method, wrappers = _lottery_wrappers(pmodel)
     rate = method.rate if rate is None else check_rate(rate)
-    masks = {path: _mask(w) for path, w in wrappers.items()}
-    if method.ranking == "layer":
-        targets = _targets(method, list(masks))
-        return max((_count_rounds(int(m.sum()), m.size, rate, targets[p])
-                    for p, m in masks.items()), default=0)
-    return _count_rounds(sum(int(m.sum()) for m in masks.values()),
-                         sum(m.size for m in masks.values()), rate,
-                         float(method.final_ratio or 0.0))
-
-
-def _mask(wrapper: PruningWrapper) -> np.ndarray:
-    return keras.ops.convert_to_numpy(wrapper.keep_mask.value) > 0.5
+    return max((unit.rounds(rate) for unit in _units(method, wrappers)), default=0)
 
 
 def lottery_round(pmodel: keras.Model, snapshot: Snapshot,
                   rate: float | None = None) -> RoundReport:
     """One round of iterative magnitude pruning: prune, then rewind to ``snapshot``.
 
-    Removes ``rate`` of the remaining (unmasked) weights with the smallest |w| at the
-    current (trained) values, exactly ⌊(1 − rate)·kept⌋ staying (globally, or per layer
-    with ``ranking="layer"``), never going beyond the target sparsity given to prepare; then
-    sets every weight of the model (kernels, biases, BN γ/β and moving statistics) to the
-    snapshot's, masked kernel entries zero, and the train-step counter to the snapshot's
-    step. Masks only lose entries (nested across rounds). Compile the model again (a fresh
+    Weight level: removes ``rate`` of the remaining (unmasked) weights with the smallest |w|
+    at the current (trained) values, exactly ⌊(1 − rate)·kept⌋ staying (globally, or per
+    layer with ``ranking="layer"``). Channel level (``prepare(..., granularity="channel")``):
+    each channel group keeps the ⌊(1 − rate)·kept⌋ of its remaining channels with the
+    largest L1 norm (members' norms mean-normalized, as L1 pruning ranks them), and the batch
+    norms behind it lose the same channels. Never beyond the target given to prepare.
+
+    Then sets every weight of the model (kernels, biases, BN γ/β and moving statistics) to
+    the snapshot's, masked entries zero, and the train-step counter to the snapshot's step.
+    Masks only lose entries (nested across rounds). Compile the model again (a fresh
     optimizer) before training the next round.
 
     Args:
@@ -471,12 +562,13 @@ def lottery_round(pmodel: keras.Model, snapshot: Snapshot,
         rate: fraction of the remaining weights removed, in (0, 1) (default: the method's).
 
     Returns:
-        A :class:`RoundReport`: the new sparsity and the counts.
+        A :class:`RoundReport`: the new sparsity and the counts (channel level: channels of
+        the pruned groups, each group counted once).
 
     Raises:
         ValueError, leaving the model untouched: a model not prepared with "lottery", a
         snapshot of another architecture, a rate outside (0, 1), or masks already at the
-        target sparsity.
+        target.
 
     Example:
         >>> report = keras_tpp.lottery.lottery_round(pmodel, rewind.snapshot)
@@ -489,48 +581,81 @@ def lottery_round(pmodel: keras.Model, snapshot: Snapshot,
                          f"or Snapshot.load(path)), got {type(snapshot).__name__}.")
     variables = snapshot.check(pmodel)
 
-    masks = {path: _mask(w) for path, w in wrappers.items()}
-    kernels = {path: keras.ops.convert_to_numpy(filters.output_kernel(w.layer))
-               for path, w in wrappers.items()}
-    total = sum(mask.size for mask in masks.values())
-    before = sum(int(mask.sum()) for mask in masks.values())
-    plan = _plan(method, masks, rate)
-    if method.ranking == "layer":
-        if all(plan[p] == int(m.sum()) for p, m in masks.items()):
-            raise ValueError(_at_target(method))
-        new = magnitude_masks(kernels, masks, {p: 1.0 - plan[p] / m.size
-                                               for p, m in masks.items()}, ranking="layer")
-        expected = sum(plan.values())
+    units = _units(method, wrappers)
+    if all(unit.next_kept(rate) == unit.kept for unit in units):
+        raise ValueError(_at_target(method))
+    if method.granularity == "channel":
+        new = _channel_masks(pmodel, wrappers, units, rate)
+        counted = {unit.paths[0]: new[unit.paths[0]] for unit in units}
     else:
-        if plan == before:
-            raise ValueError(_at_target(method))
-        new = magnitude_masks(kernels, masks, 1.0 - plan / total, ranking="global")
-        expected = plan
-    kept = sum(int(mask.sum()) for mask in new.values())
+        new = _weight_masks(method, wrappers, units, rate)
+        counted = new
+    expected = sum(unit.next_kept(rate) for unit in units)
+    kept = sum(int(mask.sum()) for mask in counted.values())
     if kept != expected:  # pragma: no cover - a floating-point slip in the counts
-        raise RuntimeError(f"lottery_round kept {kept} weights instead of {expected}.")
+        raise RuntimeError(f"lottery_round kept {kept} entries instead of {expected}.")
 
-    # Everything is decided: rewind. Masked kernel entries are zero from the start.
-    kernel_paths = {id(filters.output_kernel(w.layer)): path for path, w in wrappers.items()}
+    # Everything is decided: rewind, then zero the masked entries.
     for key, variable in variables:
-        value = snapshot.weights[key]
-        path = kernel_paths.get(id(variable))
-        if path is not None:
-            value = np.where(new[path], value, 0)
-        variable.assign(keras.ops.cast(value, variable.dtype))
+        variable.assign(keras.ops.cast(snapshot.weights[key], variable.dtype))
     for path, wrapper in wrappers.items():
-        wrapper.keep_mask.assign(new[path].astype("float32"))
-        wrapper.num_pruned = int((~new[path]).sum())
+        mask = new[path]
+        wrapper.keep_mask.assign(mask.astype("float32"))
+        if wrapper.granularity == "weight":
+            wrapper.num_pruned = int((~mask).sum())
         wrapper.enforce.assign(1.0)
         wrapper.zero_pruned()
         wrapper.train_steps.assign(snapshot.step)
 
+    total = sum(unit.size for unit in units)
+    before = sum(unit.kept for unit in units)
     reached = remaining_rounds(pmodel, rate) == 0
+    layers = {path: (int(new[path].sum()), int(new[path].size))
+              for path, w in wrappers.items() if w.is_producer}
     return RoundReport(sparsity=1.0 - kept / total, previous_sparsity=1.0 - before / total,
                        kept=kept, removed=before - kept, total=total,
                        target=method.final_ratio, rate=rate, reached_target=reached,
-                       step=snapshot.step,
-                       layers={p: (int(m.sum()), int(m.size)) for p, m in new.items()})
+                       step=snapshot.step, layers=layers)
+
+
+def resume_schedule(pmodel: keras.Model) -> int:
+    """Start the freshly compiled optimizer of ``pmodel`` at the rewind step k, so that its
+    learning-rate schedule continues from k after a rewind (as the reference code resumes a
+    rewound run at iteration k) instead of restarting at 0.
+
+    Builds the optimizer on the model's trainable variables and sets its iteration counter
+    to the model's train step (:func:`train_step`, k after :func:`lottery_round`). Call it
+    after ``compile`` and before ``fit``.
+
+    Args:
+        pmodel: a compiled model whose optimizer has not run a step yet.
+
+    Returns:
+        k, the step the optimizer now starts at.
+
+    Raises:
+        ValueError: the model is not compiled, or its optimizer has already run steps
+            (compile again with a fresh optimizer).
+
+    Example:
+        >>> lottery.lottery_round(pmodel, rewind.snapshot)
+        >>> pmodel.compile(keras.optimizers.SGD(schedule, momentum=0.9), loss)
+        >>> lottery.resume_schedule(pmodel)   # the schedule goes on from k
+        500
+    """
+    optimizer = getattr(pmodel, "optimizer", None)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(f"Model '{pmodel.name}' is not compiled: compile it with a fresh "
+                         "optimizer, then call resume_schedule.")
+    if int(keras.ops.convert_to_numpy(optimizer.iterations)) != 0:
+        raise ValueError(f"The optimizer of model '{pmodel.name}' has already run "
+                         f"{int(keras.ops.convert_to_numpy(optimizer.iterations))} steps: "
+                         "compile again with a fresh optimizer after the rewind.")
+    step = train_step(pmodel)
+    if not optimizer.built:
+        optimizer.build(pmodel.trainable_variables)
+    optimizer.iterations.assign(step)
+    return step
 
 
 def _at_target(method: Lottery) -> str:

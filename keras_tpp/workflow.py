@@ -38,14 +38,17 @@ class _GroupPlan:
 
 def _with_granularity(spec: methods.PruningMethod,
                       granularity: str | None) -> methods.PruningMethod:
-    """``spec`` at the requested mask granularity (pruning at initialization offers both)."""
+    """``spec`` at the requested mask granularity (pruning at initialization and lottery
+    tickets offer both)."""
     if granularity is None or granularity == spec.granularity:
         return spec
-    if isinstance(spec, methods.PruningAtInit):
+    if granularity in spec.granularities:
         return type(spec)(**{**spec.get_config(), "granularity": granularity})
+    offering = sorted(name for name in methods.names()
+                      if methods.get_method(name).granularities)
     raise ValueError(f"Method '{spec.name}' prunes at granularity '{spec.granularity}'; "
-                     f"granularity={granularity!r} applies to the pruning-at-initialization "
-                     "methods ('snip', 'grasp', 'synflow', 'random_init').")
+                     f"granularity={granularity!r} applies to the methods that offer both "
+                     f"({', '.join(repr(n) for n in offering)}).")
 
 
 def _plan_groups(
@@ -120,8 +123,8 @@ def prepare(
             densities) or "uniform" spread of that initial mask; ``seed`` seeds it.
         data: pruning at initialization with a data-dependent score ("snip", "grasp"):
             ``(x, y)`` arrays or a ``tf.data.Dataset`` of (x, y) batches to score on.
-        granularity: pruning at initialization: "weight" (default) or "channel"; other
-            methods have one granularity, which this must match if given.
+        granularity: pruning at initialization and "lottery": "weight" (default) or
+            "channel"; other methods have one granularity, which this must match if given.
 
     Layers whose outputs meet in a residual sum or concatenation-free coupling share one
     mask: the whole coupled group is pruned at the same channel indices, chosen by the

@@ -257,3 +257,202 @@ def test_per_layer_ranking_and_rounds_needed():
     assert lottery.rounds_needed(0.0) == 0
     with pytest.raises(ValueError):
         lottery.rounds_needed(0.5, 1.5)
+
+
+# -- channel level ---------------------------------------------------------------------------
+def _residual_concat_model() -> keras.Model:
+    """conv-BN stem, a residual block (stem and conv_b coupled by the Add), then two convs
+    concatenated into one BatchNormalization, then the classifier."""
+    inputs = keras.Input((8, 8, 3))
+    stem = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    stem = keras.layers.BatchNormalization(name="stem_bn")(stem)
+    stem = keras.layers.ReLU()(stem)
+    h = keras.layers.Conv2D(6, 3, padding="same", name="conv_a")(stem)
+    h = keras.layers.BatchNormalization(name="bn_a")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv_b")(h)
+    h = keras.layers.BatchNormalization(name="bn_b")(h)
+    h = keras.layers.ReLU()(keras.layers.Add()([stem, h]))
+    left = keras.layers.Conv2D(5, 1, name="left")(h)
+    right = keras.layers.Conv2D(7, 3, padding="same", name="right")(h)
+    h = keras.layers.Concatenate(name="cat")([left, right])
+    h = keras.layers.BatchNormalization(name="cat_bn")(h)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+    outputs = keras.layers.Dense(5, name="head")(h)
+    return keras.Model(inputs, outputs, name="residual_concat")
+
+
+#: The channel groups of that model and their producers.
+GROUPS = {"stem": ("stem", "conv_b"), "conv_a": ("conv_a",), "left": ("left",),
+          "right": ("right",)}
+
+
+def _l1_ranking(kernels: list[np.ndarray]) -> np.ndarray:
+    """Combined L1 scores of coupled producers, in plain numpy: each filter's Σ|w| divided
+    by that layer's mean, averaged over the producers."""
+    scores = []
+    for kernel in kernels:
+        per_filter = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+        scores.append(per_filter / per_filter.mean())
+    return np.mean(scores, axis=0)
+
+
+def _expected_channel_mask(kernels, mask, keep):
+    """Of the channels still kept in ``mask``, the ``keep`` with the largest scores."""
+    scores = np.where(mask, _l1_ranking(kernels), -np.inf)
+    order = np.argsort(-scores, kind="stable")
+    expected = np.zeros(mask.size, bool)
+    expected[order[:keep]] = True
+    return expected
+
+
+def test_channel_rounds_remove_l1_channels_per_group_rewind_and_shrink_exactly():
+    x, y = _data()
+    pmodel = keras_tpp.prepare(_residual_concat_model(), 0.5, method="lottery",
+                               granularity="channel")
+    wrappers = wrappers_by_path(pmodel)
+    assert {w.granularity for w in wrappers.values()} == {"channel"}
+    assert all(m.all() for m in keras_tpp.get_masks(pmodel, include_norms=True).values())
+    sizes = {g: wrappers[g].num_channels for g in GROUPS}
+    floors = {g: sizes[g] - math.ceil(0.5 * sizes[g]) for g in GROUPS}  # the target widths
+    kept = dict(sizes)
+    rewind = lottery.RewindPoint(step=2)
+    _train(pmodel, x, y, callbacks=[rewind])
+    snapshot = rewind.snapshot
+    rounds = 0
+    while lottery.remaining_rounds(pmodel):
+        before = keras_tpp.get_masks(pmodel)
+        trained = {p: keras.ops.convert_to_numpy(w.layer.kernel)
+                   for p, w in wrappers.items() if w.is_producer}
+        report = lottery.lottery_round(pmodel, snapshot)
+        rounds += 1
+        masks = keras_tpp.get_masks(pmodel, include_norms=True)
+        for group, producers in GROUPS.items():
+            keep = max(math.floor(0.8 * kept[group] + 1e-9), floors[group])
+            if kept[group] <= floors[group]:
+                keep = kept[group]
+            expected = _expected_channel_mask([trained[p] for p in producers],
+                                              before[group], keep)
+            for p in producers:
+                np.testing.assert_array_equal(masks[p], expected, err_msg=p)
+            assert not (masks[group] & ~before[group]).any()  # nested
+            kept[group] = keep
+        # Batch norms follow their producer's mask; behind the Concatenate, both groups'.
+        for bn, producer in (("stem_bn", "stem"), ("bn_b", "stem"), ("bn_a", "conv_a")):
+            np.testing.assert_array_equal(masks[bn], masks[producer])
+        np.testing.assert_array_equal(masks["cat_bn"],
+                                      np.concatenate([masks["left"], masks["right"]]))
+        assert report.kept == sum(kept.values()) and report.total == sum(sizes.values())
+        assert report.layers["conv_b"] == (kept["stem"], sizes["stem"])
+        # Survivors hold the snapshot's values exactly; pruned channels are zero.
+        for key, variable in lottery.model_variables(pmodel):
+            layer, name = key.rsplit("/", 1)
+            value = keras.ops.convert_to_numpy(variable.value)
+            if layer in masks and name in ("kernel", "bias", "gamma", "beta"):
+                np.testing.assert_array_equal(value[..., masks[layer]],
+                                              snapshot.weights[key][..., masks[layer]])
+                assert not value[..., ~masks[layer]].any(), key
+            else:
+                np.testing.assert_array_equal(value, snapshot.weights[key], err_msg=key)
+        assert lottery.train_step(pmodel) == 2
+        _train(pmodel, x, y)
+    def rounds_to_floor(n, floor):  # ⌊0.8·n⌋ per round, capped at the target width
+        return 0 if n <= floor else 1 + rounds_to_floor(max(math.floor(0.8 * n), floor), floor)
+
+    assert kept == floors
+    assert rounds == max(rounds_to_floor(sizes[g], floors[g]) for g in GROUPS) == 3
+    # The thin model: exactly the target widths, the masked model's outputs.
+    keras_tpp.apply_masks(pmodel)
+    thin = keras_tpp.shrink(pmodel)
+    widths = {layer.name: layer.filters for layer in thin.layers
+              if isinstance(layer, keras.layers.Conv2D)}
+    assert widths == {"stem": floors["stem"], "conv_a": floors["conv_a"],
+                      "conv_b": floors["stem"], "left": floors["left"],
+                      "right": floors["right"]}
+    np.testing.assert_allclose(thin.predict(x, verbose=0), pmodel.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_channel_rounds_resume_after_save_and_follow_per_pattern_targets(tmp_path):
+    x, y = _data()
+    pmodel = keras_tpp.prepare(_residual_concat_model(), {"conv_a": 0.5, "right": 0.7},
+                               method="lottery", granularity="channel")
+    assert {p for p, w in wrappers_by_path(pmodel).items() if w.is_producer} == {"conv_a",
+                                                                                 "right"}
+    rewind = lottery.RewindPoint(step=1, path=tmp_path / "rewind.npz")
+    _train(pmodel, x, y, steps=3, callbacks=[rewind])
+    lottery.lottery_round(pmodel, rewind.snapshot)
+    pmodel.save(tmp_path / "round1.keras")
+    loaded = keras.models.load_model(tmp_path / "round1.keras")
+    for path, mask in keras_tpp.get_masks(pmodel, include_norms=True).items():
+        np.testing.assert_array_equal(keras_tpp.get_masks(loaded, include_norms=True)[path],
+                                      mask)
+    # The same round from the original and from the reloaded model: the same masks.
+    _train(pmodel, x, y, steps=2)
+    loaded.set_weights(pmodel.get_weights())
+    lottery.lottery_round(pmodel, rewind.snapshot)
+    lottery.lottery_round(loaded, lottery.Snapshot.load(tmp_path / "rewind.npz"))
+    for path, mask in keras_tpp.get_masks(pmodel, include_norms=True).items():
+        np.testing.assert_array_equal(keras_tpp.get_masks(loaded, include_norms=True)[path],
+                                      mask)
+    while lottery.remaining_rounds(loaded):
+        lottery.lottery_round(loaded, rewind.snapshot)
+    masks = keras_tpp.get_masks(loaded)
+    assert int(masks["conv_a"].sum()) == 6 - math.ceil(0.5 * 6)
+    assert int(masks["right"].sum()) == 7 - math.ceil(0.7 * 7)
+
+
+def test_channel_granularity_bad_inputs():
+    model = _residual_concat_model()
+    with pytest.raises(ValueError, match="ranking='layer'"):
+        keras_tpp.methods.Lottery(ranking="global", granularity="channel")
+    with pytest.raises(ValueError, match="ranking='layer'"):
+        keras_tpp.prepare(model, 0.5, method=keras_tpp.methods.Lottery(ranking="global"),
+                          granularity="channel")
+    with pytest.raises(ValueError, match="initial_ratio"):
+        keras_tpp.prepare(model, 0.5, method="lottery", granularity="channel",
+                          initial_ratio=0.2)
+    with pytest.raises(ValueError, match="'lottery'"):  # names the methods that offer both
+        keras_tpp.prepare(model, 0.5, method="l1", granularity="weight")
+    with pytest.raises(ValueError, match="granularity"):
+        keras_tpp.prepare(model, 0.5, method="lottery", granularity="block")
+    # A snapshot of another architecture: refused, the channel-level model untouched.
+    pmodel = keras_tpp.prepare(model, 0.5, method="lottery", granularity="channel")
+    rewind = lottery.RewindPoint()
+    x, y = _data()
+    _train(pmodel, x, y, steps=1, callbacks=[rewind])
+    lottery.lottery_round(pmodel, rewind.snapshot)
+    before = _all_values(pmodel)
+    with pytest.raises(ValueError, match="another architecture"):
+        lottery.lottery_round(pmodel, lottery.Snapshot.capture(
+            keras_tpp.prepare(_model(), 0.5, method="lottery")))
+    for old, new in zip(before, _all_values(pmodel)):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_resume_schedule_continues_the_learning_rate_from_the_rewind_step():
+    x, y = _data(64)
+    pmodel = keras_tpp.prepare(_model(), 0.5, method="lottery")
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([3], [0.1, 0.01])
+    rewind = lottery.RewindPoint(step=4)
+    pmodel.compile(keras.optimizers.SGD(schedule), "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="fresh optimizer"):  # this one has run steps
+        pmodel.fit(x, y, batch_size=BATCH, verbose=0,
+                   callbacks=[keras_tpp.PruningCallback(penalty_log_interval=0), rewind])
+        lottery.resume_schedule(pmodel)
+    lottery.lottery_round(pmodel, rewind.snapshot)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate)))
+
+    pmodel.compile(keras.optimizers.SGD(schedule), "sparse_categorical_crossentropy")
+    assert lottery.resume_schedule(pmodel) == 4
+    pmodel.fit(x[:16], y[:16], batch_size=BATCH, verbose=0,
+               callbacks=[keras_tpp.PruningCallback(penalty_log_interval=0), Record()])
+    np.testing.assert_allclose(seen, [0.01, 0.01], rtol=1e-6)  # step 4 ≥ 3: decayed
+    assert int(keras.ops.convert_to_numpy(pmodel.optimizer.iterations)) == 6
+    with pytest.raises(ValueError, match="not compiled"):
+        lottery.resume_schedule(_model())

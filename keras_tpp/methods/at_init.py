@@ -43,6 +43,7 @@ class PruningAtInit(PruningMethod):
     """
 
     selection = "scores"
+    granularities = GRANULARITIES
     needs_data: ClassVar[bool] = False
 
     def __init__(self, granularity: str = "weight") -> None:

@@ -37,6 +37,9 @@ class PruningMethod:
     l2: ClassVar[bool] = False
     norm_l2: ClassVar[bool] = False
     granularity: ClassVar[str] = "channel"
+    #: Granularities the method offers through ``prepare(granularity=...)`` (empty: only its
+    #: own ``granularity``); such methods take ``granularity`` as an option.
+    granularities: ClassVar[tuple[str, ...]] = ()
     #: Weight-level methods whose masks may start all ones at prepare and lose weights later
     #: (sparse training, lottery rounds): prepare does not call that "nothing to prune".
     prunes_after_prepare: ClassVar[bool] = False
