@@ -175,7 +175,8 @@ class PruningWrapper(keras.layers.Wrapper):
             if self.is_producer and index == 0 and self.gram_coefficient > 0:
                 ours.append(GramPenalty(
                     self.gram_coefficient, axis, self.gram_formulation).bind(
-                        self.keep_mask, self.strength, step_size=self.step_size))
+                        self.keep_mask, self.strength, step_size=self.step_size
+                    ).set_num_pruned(self.num_pruned))
             if self.l2_penalty:
                 ours.append(MaskedL2(axis).bind(
                     self.keep_mask, self.strength, self.kept_strength))

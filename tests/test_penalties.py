@@ -41,6 +41,8 @@ KERNELS = {
 }
 
 
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
 @pytest.mark.parametrize("name", sorted(KERNELS))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_gram_penalty_value_and_gradient(name, seed):
@@ -65,6 +67,7 @@ def test_gram_penalty_value_and_gradient(name, seed):
                                atol=1e-12)
 
 
+@pytest.mark.float64
 def test_gram_penalty_ignores_kept_kept_entries():
     rng = np.random.default_rng(3)
     w = rng.normal(size=(6, 10))
@@ -91,6 +94,8 @@ def test_gram_penalty_ignores_kept_kept_entries():
 
 @pytest.mark.parametrize("shape,axis", [((3, 3, 4, 8), -1), ((8,), -1), ((6, 5), -1),
                                         ((3, 3, 7, 4), -2)])
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
 def test_masked_l2_value_and_gradient(shape, axis):
     rng = np.random.default_rng(5)
     x = rng.normal(size=shape)
@@ -194,6 +199,8 @@ def _gram_value_and_grad(kernel, mask, strength, eta, axis, formulation):
     return float(value), np_filter_matrix(tape.gradient(value, variable).numpy(), axis)
 
 
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
 @pytest.mark.parametrize("name", sorted(KERNELS))
 @pytest.mark.parametrize("eta", [0.0, 1e-7, 1e-3, 0.1])
 def test_bounded_gram_penalty_value_and_gradient(name, eta):
@@ -234,6 +241,8 @@ def _np_gram_hessian(w, m):
     return hessian.reshape(w.size, w.size)
 
 
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
 @pytest.mark.parametrize("seed", range(6))
 def test_curvature_bound_bounds_the_hessian(seed):
     rng = np.random.default_rng(seed)
@@ -246,6 +255,8 @@ def test_curvature_bound_bounds_the_hessian(seed):
     assert largest <= bound * (1 + 1e-9)
 
 
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
 def test_curvature_bound_is_tight_for_one_dominant_pruned_filter():
     w = np.zeros((3, 4))
     w[1] = [3.0, 0.0, 0.0, 0.0]
@@ -360,3 +371,263 @@ def test_validation_helpers():
     assert v.one_of("exact", "f", ("exact", "bounded")) == "exact"
     with pytest.raises(ValueError, match="f must be one of 'exact', 'bounded'"):
         v.one_of("x", "f", ("exact", "bounded"))
+
+
+# -- the gram term from the pruned rows only (GramPenalty with num_pruned) -----------------------
+
+@pytest.fixture(autouse=True)
+def _pruned_rows_for_every_size(monkeypatch):
+    # The test kernels are small: take the pruned-rows path for them too.
+    monkeypatch.setattr(penalties, "PRUNED_ROWS_MIN_SIZE", 0)
+
+
+def _mask_with(n, pruned, rng):
+    mask = np.ones(n)
+    mask[rng.permutation(n)[:pruned]] = 0.0
+    return mask
+
+
+def _pruned_gram_value_and_grad(kernel, keep, strength, eta, axis, formulation, num_pruned):
+    """Value and filter-matrix gradient of a GramPenalty told ``num_pruned``; ``keep`` is a
+    variable (its contents may change between calls)."""
+    reg = penalties.GramPenalty(1000.0, axis, formulation).bind(
+        keep, keras.Variable(strength, dtype="float64"),
+        step_size=keras.Variable(eta, dtype="float64")).set_num_pruned(num_pruned)
+    variable = tf.constant(kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(variable)
+        value = reg(variable)
+    return float(value), np_filter_matrix(tape.gradient(value, variable).numpy(), axis)
+
+
+def np_gram_grad_any_mask(w, m):
+    # (4/N²) (G∘M²) W: the gradient of (1/N²) Σ (G∘M)² for any mask values (M² = M if binary).
+    n = w.shape[0]
+    off = 1.0 - np.outer(m, m)
+    return 4.0 / n**2 * ((w @ w.T) * off**2) @ w
+
+
+def _expected(w, mask, strength, eta, formulation):
+    weight = (np_bounded_weight(w, 1000.0, strength, eta) if formulation == "bounded"
+              else 1000.0 * strength)
+    grad = np_gram_grad_any_mask(w, mask)
+    if set(np.unique(mask)) <= {0.0, 1.0}:
+        np.testing.assert_allclose(grad, np_gram_grad(w, mask), rtol=1e-12, atol=1e-12)
+    return weight * np_gram(w, mask), weight * grad
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("pruned", ["none", "one", "half", "all_but_one"])
+@pytest.mark.parametrize("formulation,eta", [("exact", 0.0), ("bounded", 0.0),
+                                             ("bounded", 1e-4), ("bounded", 0.1)])
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
+def test_pruned_rows_gram_equals_the_full_formula(name, pruned, formulation, eta):
+    shape, axis = KERNELS[name]
+    n = shape[axis]
+    count = {"none": 0, "one": 1, "half": n // 2, "all_but_one": n - 1}[pruned]
+    rng = np.random.default_rng(11 + count)
+    kernel = rng.normal(size=shape) * 2.0
+    mask = _mask_with(n, count, rng)
+    w = np_filter_matrix(kernel, axis)
+    value, grad = _pruned_gram_value_and_grad(
+        kernel, keras.Variable(mask, dtype="float64"), 0.5, eta, axis, formulation, count)
+    expected_value, expected_grad = _expected(w, mask, 0.5, eta, formulation)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("formulation", ["exact", "bounded"])
+def test_pruned_rows_gram_gradient_matches_finite_differences(name, formulation):
+    shape, axis = KERNELS[name]
+    n = shape[axis]
+    rng = np.random.default_rng(4)
+    kernel = rng.normal(size=shape)
+    mask = _mask_with(n, n // 2, rng)
+    # η small enough that the bounded weight is c·λ (the cap is a constant of the step, and
+    # finite differences would see its kink otherwise).
+    eta = 1e-9
+    reg = penalties.GramPenalty(1000.0, axis, formulation).bind(
+        keras.Variable(mask, dtype="float64"), keras.Variable(0.3, dtype="float64"),
+        step_size=keras.Variable(eta, dtype="float64")).set_num_pruned(n // 2)
+    variable = tf.constant(kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(variable)
+        value = reg(variable)
+    grad = tape.gradient(value, variable).numpy()
+    h = 1e-6
+    for index in [tuple(rng.integers(0, s) for s in shape) for _ in range(12)]:
+        up, down = kernel.copy(), kernel.copy()
+        up[index] += h
+        down[index] -= h
+        numeric = (float(reg(tf.constant(up))) - float(reg(tf.constant(down)))) / (2 * h)
+        np.testing.assert_allclose(grad[index], numeric, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
+def test_pruned_rows_gram_follows_a_mask_change_in_one_graph():
+    # GReg-2-like: the count is fixed at construction, the pruned indices change after it; and
+    # a mask with more entries below 1 than declared (or none at all) is still exact.
+    shape, axis = (3, 3, 5, 12), -1
+    n, count = 12, 5
+    rng = np.random.default_rng(8)
+    kernel = tf.constant(rng.normal(size=shape))
+    w = np_filter_matrix(kernel.numpy(), axis)
+    keep = keras.Variable(np.ones(n), dtype="float64", trainable=False)
+    eta = keras.Variable(0.0, dtype="float64")
+    reg = penalties.GramPenalty(1000.0, axis, "bounded").bind(
+        keep, keras.Variable(0.5, dtype="float64"), step_size=eta).set_num_pruned(count)
+
+    @tf.function
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = reg(x)
+        return value, tape.gradient(value, x)
+
+    masks = [np.ones(n), _mask_with(n, count, rng), _mask_with(n, count, rng),
+             _mask_with(n, count + 3, rng), _mask_with(n, count - 2, rng),
+             np.where(_mask_with(n, count, rng) == 0, 0.25, 1.0)]  # fractional entries too
+    for mask in masks:
+        for step in (0.0, 1e-4, 0.1):
+            keep.assign(mask)
+            eta.assign(step)
+            value, grad = value_and_grad(kernel)
+            expected_value, expected_grad = _expected(w, mask, 0.5, step, "bounded")
+            np.testing.assert_allclose(float(value), expected_value, rtol=1e-10, atol=1e-300)
+            np.testing.assert_allclose(np_filter_matrix(grad.numpy(), axis), expected_grad,
+                                       rtol=1e-9, atol=1e-12)
+    assert value_and_grad.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("seed", range(8))
+def test_pruned_curvature_bounds(seed):
+    # exact=True reproduces H(W) from the pruned block and the kept block; exact=False is an
+    # upper bound of it (the test of "the cap cannot bind").
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(2, 12)), int(rng.integers(1, 40))
+    pruned = int(rng.integers(1, n))
+    w = rng.normal(size=(n, k)) * rng.uniform(0.1, 5.0)
+    mask = _mask_with(n, pruned, rng)
+    ordered, m = penalties._pruned_first(tf.constant(w), tf.constant(mask))
+    block, _ = penalties._pruned_block(ordered, m, pruned)
+    exact = float(penalties._pruned_curvature_bounds(block, ordered, pruned, n, exact=True))
+    cheap = float(penalties._pruned_curvature_bounds(block, ordered, pruned, n, exact=False))
+    np.testing.assert_allclose(exact, np_curvature_bound(w), rtol=1e-12)
+    assert cheap >= exact * (1 - 1e-12)
+
+
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
+def test_bounded_weight_where_only_the_cheap_bound_would_cut():
+    # η chosen so that η·c·λ·H(W) = 0.9 (no cap) while η·c·λ·(cheap bound) > 1: the exact
+    # branch runs and must leave the weight at c·λ.
+    rng = np.random.default_rng(2)
+    n, pruned = 16, 6
+    w = rng.normal(size=(n, 30))
+    mask = _mask_with(n, pruned, rng)
+    ordered, m = penalties._pruned_first(tf.constant(w), tf.constant(mask))
+    block, _ = penalties._pruned_block(ordered, m, pruned)
+    cheap = float(penalties._pruned_curvature_bounds(block, ordered, pruned, n, exact=False))
+    eta = 0.9 / (500.0 * np_curvature_bound(w))
+    assert eta * 500.0 * cheap > 1.0
+    for target, cut in ((0.9, False), (1.5, True)):
+        eta = target / (500.0 * np_curvature_bound(w))
+        value, grad = _pruned_gram_value_and_grad(  # a Dense kernel (K, N): W = kernelᵀ
+            w.T, keras.Variable(mask, dtype="float64"), 0.5, eta, -1, "bounded", pruned)
+        expected_value, expected_grad = _expected(w, mask, 0.5, eta, "bounded")
+        np.testing.assert_allclose(value, expected_value, rtol=1e-10)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
+        assert bool(value < 500.0 * np_gram(w, mask) * (1 - 1e-9)) is cut
+
+
+@pytest.mark.tf_only(reason="differentiates with tf.GradientTape on tf tensors; JAX's gradients of "
+                               "the same penalties are compared with TensorFlow's in test_backends.py")
+def test_gram_penalty_uses_the_pruned_rows_above_a_size(monkeypatch):
+    monkeypatch.setattr(penalties, "PRUNED_ROWS_MIN_SIZE", 8 * 8 * 36)
+    calls = []
+    original = penalties._pruned_weighted_gram
+    monkeypatch.setattr(penalties, "_pruned_weighted_gram",
+                        lambda *args: calls.append(args[-1]) or original(*args))
+    rng = np.random.default_rng(1)
+    for shape, expected in (((3, 3, 4, 8), [3]), ((3, 3, 4, 7), [])):
+        n = shape[-1]
+        mask = _mask_with(n, 3, rng)
+        kernel = rng.normal(size=shape)
+        value, grad = _pruned_gram_value_and_grad(
+            kernel, keras.Variable(mask, dtype="float64"), 0.5, 0.0, -1, "bounded", 3)
+        w = np_filter_matrix(kernel, -1)
+        np.testing.assert_allclose(value, 500.0 * np_gram(w, mask), rtol=1e-10)
+        np.testing.assert_allclose(grad, 500.0 * np_gram_grad(w, mask), rtol=1e-9, atol=1e-12)
+        assert calls == expected
+        calls.clear()
+
+
+def test_wrapper_gram_penalty_knows_num_pruned():
+    from keras_tpp.wrappers import PruningWrapper
+    wrapper = PruningWrapper(keras.layers.Conv2D(10, 3), num_pruned=4)
+    wrapper.build((None, 8, 8, 3))
+    grams = [r for r in wrapper.layer.kernel.regularizer.regularizers
+             if isinstance(r, penalties.GramPenalty)]
+    assert [g.num_pruned for g in grams] == [4]
+    rng = np.random.default_rng(0)
+    mask = _mask_with(10, 4, rng)
+    wrapper.keep_mask.assign(mask.astype("float32"))
+    wrapper.strength.assign(0.25)
+    kernel = keras.ops.convert_to_numpy(wrapper.layer.kernel).astype("float64")
+    w = np_filter_matrix(kernel, -1)
+    value = float(grams[0](wrapper.layer.kernel))
+    np.testing.assert_allclose(value, 250.0 * np_gram(w, mask), rtol=1e-5)
+    restored = PruningWrapper.from_config(wrapper.get_config())
+    restored.build((None, 8, 8, 3))
+    assert [r.num_pruned for r in restored.layer.kernel.regularizer.regularizers
+            if isinstance(r, penalties.GramPenalty)] == [4]
+
+
+def test_pruned_rows_gram_on_the_jax_backend(tmp_path):
+    # keras.ops only: the same values and gradients under jax.jit, the mask changing between
+    # calls of one compiled function (more entries below 1 than declared included).
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import numpy as np, jax, jax.numpy as jnp, keras
+        from keras_tpp import penalties
+        assert keras.backend.backend() == "jax"
+        rng = np.random.default_rng(0)
+        n, k = 10, 4
+        w = rng.normal(size=(n, 7))
+        def reference(w, m, eta):
+            g = w @ w.T
+            off = 1.0 - np.outer(m, m)
+            h = 12.0 * min(np.sqrt((g ** 2).sum()), np.abs(g).sum(axis=1).max()) / n ** 2
+            weight = 500.0 if eta <= 0 else min(500.0, 1.0 / (eta * h))
+            return (weight * ((g * off) ** 2).sum() / n ** 2,
+                    weight * 4.0 / n ** 2 * ((g * off ** 2) @ w))
+        f = jax.jit(jax.value_and_grad(lambda x, m, eta: penalties.weighted_gram_penalty(
+            x, m, 500.0, eta, num_pruned=k)))
+        for pruned in (k, k, k + 2, 0):
+            m = np.ones(n)
+            m[rng.permutation(n)[:pruned]] = 0.0
+            for eta in (0.0, 1e-6, 0.1):
+                value, grad = f(jnp.asarray(w, "float32"), jnp.asarray(m, "float32"),
+                                jnp.asarray(eta, "float32"))
+                rv, rg = reference(w, m, eta)
+                np.testing.assert_allclose(float(value), rv, rtol=2e-5)
+                np.testing.assert_allclose(np.asarray(grad), rg, rtol=2e-4,
+                                           atol=2e-4 * np.abs(rg).max())
+        print("OK")
+    """)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
