@@ -14,21 +14,31 @@ setup(
     packages=find_packages(include=["keras_tpp", "keras_tpp.*"]),
     license="Apache-2.0",
     python_requires=">=3.10",
+    # The core (prepare, callbacks, surgery, the PyDataset data path) needs keras, numpy,
+    # absl-py and Pillow plus ONE Keras backend: pick it with an extra, e.g.
+    # `pip install -e ".[jax]"`, `".[torch]"` or `".[tensorflow]"`. TensorFlow is needed only
+    # by the TensorFlow edges: keras_tpp.data's tf.data pipelines, keras_tpp.distribute
+    # (tf.distribute) and keras_tpp.deployment (TFLite export).
     install_requires=[
         "keras>=3.6,<4",
-        "tensorflow>=2.16,<2.22",
         "numpy>=1.26",
         "absl-py>=1.0",
-        "tensorboard>=2.16",
+        "Pillow>=9.1",  # JPEG/PNG decoding in keras_tpp.data.pydataset (no TensorFlow)
     ],
     extras_require={
-        "data": ["tensorflow-datasets>=4.9"],
+        # Keras backends. "tensorflow" also enables tf.data, tf.distribute and TFLite export.
+        "tensorflow": ["tensorflow>=2.16,<2.22", "tensorboard>=2.16"],
+        "jax": ["jax>=0.4.30"],
+        "torch": ["torch>=2.1"],
+        "data": ["tensorflow>=2.16,<2.22", "tensorflow-datasets>=4.9"],
         "plots": ["matplotlib>=3.7"],
         # Reference baseline for benchmarks/gmp_vs_tfmot.py (run in its own process: importing
         # tensorflow_model_optimization switches tf.keras to tf_keras). tf_keras must match
         # the TensorFlow minor version.
         "compare": ["tf_keras>=2.16,<2.22", "tensorflow-model-optimization>=0.8"],
         "test": [
+            "tensorflow>=2.16,<2.22",
+            "tensorboard>=2.16",
             "pytest>=7",
             "pytest-xdist>=3",
             "tensorflow-datasets>=4.9",

@@ -19,21 +19,17 @@ import numpy as np
 import tensorflow as tf
 
 from keras_tpp.data import common
+from keras_tpp.data.constants import (  # noqa: F401 - re-exported; defined without TF
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR_STATS,
+)
 from keras_tpp.data.folder import list_image_folder
 
-# Per-channel statistics of the training sets (pixel values scaled to [0, 1]).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-
-# CIFAR-10 label order (alphabetical, so sorted folder names give the same labels).
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)
-
-_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+_STATS = CIFAR_STATS
 _SOURCES = ("tfds", "folder", "arrays")
 
 

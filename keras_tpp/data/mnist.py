@@ -16,8 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
+from keras_tpp.data.constants import MNIST_MEAN, MNIST_STD  # noqa: F401 - re-exported
 
 
 def _find_npz(data_dir):
