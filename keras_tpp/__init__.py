@@ -16,6 +16,7 @@ from keras_tpp import (
     callbacks,
     cloning,
     controllers,
+    coverage_report,
     filters,
     graph,
     importance,
@@ -41,6 +42,7 @@ from keras_tpp.callbacks import (
     SparseTrainingCallback,
     TPPCallback,
 )
+from keras_tpp.coverage_report import CoverageReport, CoverageWarning, GroupCoverage, coverage
 from keras_tpp.deployment import ExportCheckError, ExportReport, export
 from keras_tpp.folding import fold_batchnorm
 from keras_tpp.graph import DependencyGraph, UnsupportedModelError

@@ -143,6 +143,7 @@ def clone(
     weights: Callable[[keras.layers.Layer], list[np.ndarray] | None] | None = None,
     copy_weights: bool = True,
     compiled: bool = False,
+    call_args: Callable[[Any, tuple, dict], tuple[tuple, dict]] | None = None,
 ) -> Cloned:
     """Rebuild ``model`` (nested models too) and set the new layers' weights.
 
@@ -158,11 +159,21 @@ def clone(
             pruning state is copied too.
         copy_weights: False leaves the new weights as initialized (shapes only).
         compiled: keep Keras' compiled clone (default: hand back an uncompiled model).
+        call_args: ``call_args(original operation, args, kwargs) -> (args, kwargs)``: the
+            arguments of each call in the new graph (e.g. per-channel constants of keras.ops
+            operations sliced by surgery); None keeps them.
     Returns:
         :class:`Cloned` with the new model and {id(original leaf layer): new layer}.
     """
     new_of: dict[int, keras.layers.Layer] = {}
+    original_of: dict[int, Any] = {}  # id(new operation) -> the original (call_args)
     copier = _Copier()
+
+    def call_new(operation: Any, *args: Any, **kwargs: Any) -> Any:
+        original = original_of.get(id(operation))
+        if original is not None:
+            args, kwargs = call_args(original, args, kwargs)
+        return _call(operation, *args, **kwargs)
 
     def inputs_for(nested: keras.Model) -> Any:
         shapes = input_shapes(nested) if input_shapes is not None else None
@@ -170,7 +181,8 @@ def clone(
 
     def clone_graph(graph_model: keras.Model) -> keras.Model:
         # Sequential models do not call their layers while cloning: no call_function.
-        call = None if isinstance(graph_model, keras.Sequential) else _call
+        call = None if isinstance(graph_model, keras.Sequential) else (
+            _call if call_args is None else call_new)
         return keras.models.clone_model(graph_model, input_tensors=inputs_for(graph_model),
                                         clone_function=make_layer, call_function=call)
 
@@ -182,6 +194,8 @@ def clone(
             if new is None:
                 new = copier(layer, config(layer) if config is not None else None)
         new_of[id(layer)] = new
+        if call_args is not None:
+            original_of[id(new)] = layer
         return new
 
     result = clone_graph(model)

@@ -10,7 +10,8 @@ Checked against Keras 3.15.1 (and the 3.6–3.15 range the package declares).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import contextvars
+from typing import Any, Callable, Iterator
 
 import keras
 
@@ -21,6 +22,12 @@ try:  # keras/src/models/functional.py: the class behind keras.Model(inputs, out
     from keras.src.models.functional import Functional
 except ImportError:  # pragma: no cover - a future Keras layout
     Functional = keras.Model
+
+try:  # keras/src/backend/common/stateless_scope.py: the active StatelessScope, if any.
+    from keras.src.backend.common.stateless_scope import get_stateless_scope as _stateless_scope
+except ImportError:  # pragma: no cover
+    def _stateless_scope() -> Any:
+        return None
 
 try:  # keras/src/saving/serialization_lib.py: the scope that lifts safe_mode.
     from keras.src.saving.serialization_lib import SafeModeScope as _SafeModeScope
@@ -185,3 +192,154 @@ def after_update_step(optimizer: Any, hook: Any) -> bool:
 def installed_hook(optimizer: Any) -> Any:
     """The hook :func:`after_update_step` installed on ``optimizer``, or None."""
     return getattr(base_optimizer(optimizer), "_keras_tpp_hook", None)
+
+
+# -- JAX: the training state of a stateless trainer -----------------------------------------
+# keras/src/backend/jax/trainer.py (JAXTrainer.fit): the train function is a pure jitted
+# function of (trainable, non-trainable, optimizer, metrics) values; during fit the model's
+# variables are purged (``_value = None``; reading one then gives its *initializer*'s value)
+# and the values live in ``model._jax_state``, written back by ``jax_state_sync()`` only at
+# epoch ends, unless a callback calls it; after a sync (``_jax_state_synced = True``) fit
+# rereads every variable before the next step, so callback writes reach the training.
+
+#: True while a train step wrapped by :func:`after_train_step` is being traced.
+_IN_WRAPPED_STEP: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "keras_tpp_in_wrapped_step", default=False)
+
+
+def sync_training_state(model: Any) -> None:
+    """Write the values of a JAX ``fit`` in progress into the model's variables and make the
+    next train step read the variables again (``JAXTrainer.jax_state_sync``).
+
+    Call it in a callback before reading or assigning any model variable during ``fit`` on
+    JAX. No-op on other backends, outside ``fit`` or when already synced.
+
+    Args:
+        model: the model being trained (``callback.model``).
+
+    Example:
+        >>> def on_train_batch_end(self, batch, logs=None):
+        ...     sync_training_state(self.model)
+        ...     wrapper.strength.assign(0.1)  # reaches the next train step
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None and keras.backend.backend() == "jax":
+        sync()
+
+
+def unmapped_in_stateless_scope(variable: Any) -> bool:
+    """Whether ``variable`` is read inside a StatelessScope (JAX) that does not map it: its
+    value is then not the training state's (``optimizer.stateless_apply`` maps only the
+    trainable and optimizer variables; reading another one gives a stale or purged value
+    that jit would bake into the compiled step).
+
+    Args:
+        variable: a Keras variable.
+
+    Example:
+        >>> if unmapped_in_stateless_scope(keep_mask):  # inside optimizer.stateless_apply
+        ...     ...
+    """
+    scope = _stateless_scope() if keras.backend.backend() == "jax" else None
+    return scope is not None and scope.get_current_value(variable) is None
+
+
+def in_wrapped_train_step() -> bool:
+    """Whether the code runs inside a train step wrapped by :func:`after_train_step`.
+
+    Example:
+        >>> in_wrapped_train_step()  # False outside fit
+        False
+    """
+    return _IN_WRAPPED_STEP.get()
+
+
+def after_train_step(model: Any, hook: Callable[[], None]) -> bool:
+    """JAX: make ``model``'s train step call ``hook()`` after the optimizer update, in a
+    StatelessScope that maps every trainable and non-trainable model variable to its value
+    after the update; what ``hook`` assigns to them goes into the new training state.
+
+    Wraps the instance's ``train_step(state, data)`` (``JAXTrainer.train_step``; state =
+    (trainable, non-trainable, optimizer, metrics) values, in the order of
+    ``model.trainable_variables`` / ``model.non_trainable_variables``) and drops the cached
+    train function so that the next ``fit`` (or ``make_train_function(force=True)``) traces
+    the wrapped step. Installing another hook replaces the previous one. No-op returning
+    False on other backends and when ``hook`` is already installed (equal by ``==``).
+
+    Args:
+        model: a Keras model trained with ``fit`` on JAX.
+        hook: ``() -> None``, assigns model variables (reads give the post-update state).
+
+    Returns:
+        True when the train step was wrapped now.
+
+    Example:
+        >>> after_train_step(model, lambda: kernel.assign(kernel.value * mask.value))
+        True
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    if getattr(model, "_keras_tpp_step_hook", None) == hook:
+        return False
+    original = getattr(model, "_keras_tpp_train_step", None)
+    if original is None:
+        original = model.train_step
+        model._keras_tpp_train_step = original
+
+    def train_step(state: Any, data: Any) -> Any:
+        token = _IN_WRAPPED_STEP.set(True)
+        try:
+            logs, state = original(state, data)
+        finally:
+            _IN_WRAPPED_STEP.reset(token)
+        trainable, non_trainable, *rest = state
+        trainable_refs = model.trainable_variables
+        non_trainable_refs = model.non_trainable_variables
+        mapping = (list(zip(trainable_refs, trainable))
+                   + list(zip(non_trainable_refs, non_trainable)))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            hook()
+        trainable = [scope.get_current_value(v) for v in trainable_refs]
+        non_trainable = [scope.get_current_value(v) for v in non_trainable_refs]
+        return logs, (trainable, non_trainable, *rest)
+
+    model.train_step = train_step
+    model._keras_tpp_step_hook = hook
+    model.train_function = None
+    return True
+
+
+# -- keras.ops operations in functional graphs ------------------------------------------------
+
+
+def operation_name(operation: Any) -> str | None:
+    """``"numpy.Add"``, ``"nn.Relu6"``...: the submodule of ``keras.src.ops`` and class name
+    of a keras.ops operation recorded in a functional graph (Keras 3 records ``x + 3`` or
+    ``keras.ops.relu6(x)`` as ``Operation`` nodes, e.g. ``keras.src.ops.numpy.Add``); None for
+    anything else (layers, operations defined outside ``keras.src.ops``)."""
+    module = type(operation).__module__ or ""
+    prefix = "keras.src.ops."
+    if not module.startswith(prefix) or isinstance(operation, keras.layers.Layer):
+        return None
+    return f"{module[len(prefix):]}.{type(operation).__name__}"
+
+
+def layer_scale_classes() -> tuple[type, ...]:
+    """Per-channel scale layers of ``keras.applications`` (ConvNeXt's ``LayerScale``,
+    ``keras.src.applications.convnext.LayerScale``: ``x * gamma``, gamma of shape (C,))."""
+    try:
+        from keras.src.applications.convnext import LayerScale
+    except ImportError:  # pragma: no cover - a future Keras layout
+        return ()
+    return (LayerScale,)
+
+
+def scaled_sum_classes() -> tuple[type, ...]:
+    """Residual sums with a scalar scale of ``keras.applications``: InceptionResNetV2's
+    ``CustomScaleLayer`` (``inputs[0] + inputs[1] * scale``,
+    ``keras.src.applications.inception_resnet_v2.CustomScaleLayer``)."""
+    try:
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    except ImportError:  # pragma: no cover - a future Keras layout
+        return ()
+    return (CustomScaleLayer,)

@@ -24,7 +24,14 @@ unprunable for that reason. ``constants`` tells surgery what the layer does to a
 channel that carries a per-channel constant: ``keep`` (unchanged), ``elementwise`` (apply
 the layer to the constants), ``pads`` (a non-zero constant becomes position dependent),
 ``batchnorm`` / ``depthwise`` / ``prelu`` (their formulas), ``evaluate`` (zero stays zero
-if the layer maps zeros to zeros; anything else is unknown).
+if the layer maps zeros to zeros; anything else is unknown), ``normalization`` (a channel
+normalization pruned with ``allow_renormalization=True``: the removed channels are dropped
+and the others renormalized, so outputs change by design).
+
+``channel_config`` (followers) names config entries equal to the number of channels (e.g.
+a per-channel scale layer's ``projection_dim``), reduced with the channels; ``renormalizes``
+marks a ``taint`` that ``allow_renormalization=True`` lifts (LayerNormalization over the
+channel axis: γ and β are sliced and the remaining channels renormalized).
 
 Example — teach keras_tpp a per-channel scale layer::
 
@@ -39,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 import keras
+
+from keras_tpp import keras_internals
 
 _L = keras.layers
 
@@ -60,7 +69,8 @@ CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 
 KINDS = ("producer", "follower", "pass", "coupling", "offsets", "reshape", "unprunable",
          "unknown")
-CONSTANTS = ("keep", "elementwise", "pads", "batchnorm", "depthwise", "prelu", "evaluate")
+CONSTANTS = ("keep", "elementwise", "pads", "batchnorm", "depthwise", "prelu", "evaluate",
+             "normalization")
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,10 @@ class Role:
         channel_weights: follower weights sliced with the channels: {attribute: axis}.
         zero_weights: follower weights zeroed by ``zero_channels`` so that a removed
             channel is exactly zero after the layer.
+        channel_config: follower config entries equal to its channel count (reduced by
+            surgery with the channels), e.g. ``("projection_dim",)``.
+        renormalizes: the ``taint`` is a channel normalization that
+            ``allow_renormalization=True`` accepts (outputs then change).
     """
 
     kind: str
@@ -83,6 +97,8 @@ class Role:
     constants: str = "evaluate"
     channel_weights: dict = field(default_factory=dict)
     zero_weights: tuple = ()
+    channel_config: tuple = ()
+    renormalizes: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -160,7 +176,20 @@ def _is_scalar(value) -> bool:
         return False
 
 
+def _is_depthwise_conv(layer) -> bool:
+    """A Conv with groups = filters = input channels (one filter per channel, as ConvNeXt's
+    ``Conv2D(C, 7, groups=C)``): per-channel, like a DepthwiseConv with multiplier 1."""
+    groups = int(getattr(layer, "groups", 1))
+    kernel = getattr(layer, "kernel", None)
+    return (groups > 1 and groups == int(layer.filters) and kernel is not None
+            and int(kernel.shape[-2]) == 1)
+
+
 def _producer(layer, rank, path) -> Role:
+    if isinstance(layer, CONV) and _is_depthwise_conv(layer):
+        return Role("follower", constants="elementwise",
+                    channel_weights={"kernel": -1, "bias": -1}, zero_weights=("kernel", "bias"),
+                    channel_config=("filters", "groups"))
     if isinstance(layer, CONV) and int(getattr(layer, "groups", 1)) != 1:
         return Role("unprunable", reason=f"feeds grouped convolution '{path}' (groups="
                                          f"{layer.groups}), which keras_tpp does not slice")
@@ -197,10 +226,15 @@ def _prelu(layer, rank, path) -> Role:
 
 def _channel_normalization(layer, rank, path) -> Role:
     axes = _axes(getattr(layer, "axis", -1), rank)
+    why = (f"goes through {type(layer).__name__} '{path}', which normalizes over channels: "
+           "removing channels would change its statistics")
+    if isinstance(layer, _L.LayerNormalization) and rank - 1 in axes:
+        return Role("follower", taint=why + " (allow_renormalization=True prunes it anyway; "
+                                            "outputs then change)",
+                    constants="normalization", channel_weights={"gamma": -1, "beta": -1},
+                    zero_weights=("gamma", "beta"), renormalizes=True)
     if isinstance(layer, _L.GroupNormalization) or rank - 1 in axes:
-        return Role("follower", taint=(
-            f"goes through {type(layer).__name__} '{path}', which normalizes over channels: "
-            "removing channels would change its statistics"))
+        return Role("follower", taint=why)
     return Role("pass")
 
 
@@ -251,6 +285,11 @@ for _cls in CONV + TRANSPOSE + SEPARABLE + DENSE:
 for _cls in DEPTHWISE:
     register(_cls, _depthwise)
 register(_L.BatchNormalization, _batchnorm)
+for _cls in keras_internals.scaled_sum_classes():  # InceptionResNetV2: x + r * scale
+    register(_cls, Role("coupling"))
+for _cls in keras_internals.layer_scale_classes():  # ConvNeXt's LayerScale: x * gamma
+    register(_cls, Role("follower", constants="elementwise", channel_weights={"gamma": -1},
+                        zero_weights=("gamma",), channel_config=("projection_dim",)))
 register(_L.PReLU, _prelu)
 for _cls in _classes("LayerNormalization", "GroupNormalization", "UnitNormalization"):
     register(_cls, _channel_normalization)

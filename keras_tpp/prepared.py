@@ -13,9 +13,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_tpp import cloning
+from keras_tpp import cloning, keras_internals
+from keras_tpp.constraints import ChannelMask
 from keras_tpp.graph import iter_layers
-from keras_tpp.wrappers import PruningWrapper
+from keras_tpp.wrappers import PruningWrapper, find_wrappers
 
 
 def wrappers_by_path(model: keras.Model) -> dict[str, PruningWrapper]:
@@ -72,6 +73,47 @@ def apply_masks(model: keras.Model, enforce: bool = True) -> None:
         wrapper.zero_pruned()
         if enforce:
             wrapper.enforce.assign(1.0)
+    hold_masks_in_train_step(model)
+
+
+def hold_masks_in_train_step(model: keras.Model) -> bool:
+    """JAX: make ``fit`` apply the masks' constraints after every optimizer update.
+
+    Keras' JAX trainer updates the weights in ``optimizer.stateless_apply``, which does not
+    see the wrappers' mask variables; this wraps the model's train step so that every
+    :class:`~keras_tpp.constraints.ChannelMask` is applied right after the update, with the
+    mask and the on/off switch of the training state (see
+    :func:`keras_tpp.keras_internals.after_train_step`). ``prepare``, :func:`apply_masks` and
+    the pruning callbacks call it; a prepared model loaded from a file and trained on JAX
+    without them needs it once. On other backends the constraint runs inside the optimizer
+    update and this is a no-op.
+
+    Args:
+        model: a prepared model (nested prepared models included).
+
+    Returns:
+        True when the train step was wrapped now (the train function is retraced).
+
+    Example:
+        >>> pmodel = keras.models.load_model("pruning.keras")
+        >>> keras_tpp.prepared.hold_masks_in_train_step(pmodel)
+        >>> pmodel.fit(x, y)
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    pairs = [(variable, variable.constraint) for wrapper in find_wrappers(model)
+             for variable, _ in wrapper.masked_variables()
+             if isinstance(variable.constraint, ChannelMask)]
+    if not pairs:
+        return False
+    hook = getattr(model, "_keras_tpp_mask_hook", None)
+    if hook is None:
+        def hook() -> None:
+            for variable, constraint in pairs:
+                variable.assign(constraint.mask(variable.value))
+
+        model._keras_tpp_mask_hook = hook
+    return keras_internals.after_train_step(model, hook)
 
 
 def check_pruned_channels_zero(model: keras.Model) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_tpp import (
     cloning,
+    coverage_report,
     filters,
     importance,
     methods,
@@ -24,6 +25,7 @@ from keras_tpp import (
     validation,
 )
 from keras_tpp.graph import ChannelGroup, DependencyGraph
+from keras_tpp.prepared import hold_masks_in_train_step
 from keras_tpp.wrappers import PruningWrapper, find_wrappers, is_norm
 
 
@@ -79,7 +81,8 @@ def prepare(
     gram_coefficient: float = 1000.0,
     gram_formulation: str = "bounded",
     seed: int | None = None,
-    on_unsupported: str = "raise",
+    on_unsupported: str = "report",
+    allow_renormalization: bool = False,
     initial_ratio: float | None = None,
     initial_mask: str | None = None,
     data: object = None,
@@ -113,9 +116,20 @@ def prepare(
             whenever the cap is not reached, e.g. at its learning rates); "exact": the
             paper's c·λ·L_gram unchanged. See :class:`keras_tpp.penalties.GramPenalty`.
         seed: seed of the "random" method's choice.
-        on_unsupported: "raise" (default) or "skip": what to do about layers whose effect on
-            channels is unknown (Lambda, custom layers): raise naming the layer, or leave the
-            affected channel groups unpruned with a warning.
+        on_unsupported: what to do about layers and keras.ops operations whose effect on
+            channels is unknown (Lambda, custom layers, unmodelled operations): "report"
+            (default) leaves the affected channel groups unpruned and lists them, with every
+            other group left alone, in one :class:`keras_tpp.CoverageWarning` and in the
+            returned model's ``coverage_report``; "skip" also warns once per such layer;
+            "raise" raises :class:`keras_tpp.UnsupportedModelError` naming the first one.
+            Naming an unprunable layer in ``layers=`` (or a ``pruning_ratio`` pattern) is
+            always an error, with its reason.
+        allow_renormalization: also prune channel groups that pass through a
+            LayerNormalization over the channel axis (ConvNeXt's residual stream), slicing
+            its γ and β, as Torch-Pruning does. Not exact: the remaining channels are
+            renormalized, so outputs change (a warning says so); pass it to
+            :func:`keras_tpp.shrink` too. Default False: such groups are left alone, with the
+            reason.
         initial_ratio: sparse training only: s_i, the sparsity of a random initial mask
             (default 0 = dense-to-sparse for "gmp"/"granet"; "rigl" starts at
             ``pruning_ratio``).
@@ -134,6 +148,14 @@ def prepare(
         A new Functional model of the same architecture in which each pruned producer and the
         batch norms that follow it are wrapped in :class:`PruningWrapper`, with the weights
         of ``model`` copied. Variables are created in the active tf.distribute scope.
+        Channel-level methods attach ``coverage_report`` (a :class:`keras_tpp.CoverageReport`:
+        every group, its width before and after, the reason for each group left alone and
+        the fraction of MACs in prunable layers; not saved with the model).
+
+    Example::
+
+        pmodel = keras_tpp.prepare(keras.applications.MobileNetV3Small(weights=None), 0.3)
+        print(pmodel.coverage_report)
     """
     spec = methods.get_method(method)
     cloning.check_functional(model, "keras_tpp.prepare")
@@ -155,13 +177,15 @@ def prepare(
                                                minimum=0.0)
     gram_formulation = validation.one_of(gram_formulation, "gram_formulation",
                                          penalties.GRAM_FORMULATIONS)
-    if on_unsupported not in ("raise", "skip"):
-        raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}.")
+    if on_unsupported not in ("raise", "skip", "report"):
+        raise ValueError(f"on_unsupported must be 'raise', 'skip' or 'report', got "
+                         f"{on_unsupported!r}.")
     if spec.granularity == "weight":
         return _prepare_weight_masks(
             model, pruning_ratio, spec, layers, exclude,
             dict(initial_ratio=initial_ratio, initial_mask=initial_mask, seed=seed), data)
-    graph = DependencyGraph(model, on_unsupported=on_unsupported)
+    graph = DependencyGraph(model, on_unsupported=on_unsupported,
+                            allow_renormalization=allow_renormalization)
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers, exclude=exclude)
     plans = _plan_groups(graph, ratios, spec, seed, model, data)
     if not plans:
@@ -200,7 +224,11 @@ def prepare(
             group=plan.group.producers[0].path_str,
         ), keep
 
-    return _clone_wrapped(model, make_wrapper)
+    pmodel = _clone_wrapped(model, make_wrapper)
+    report = coverage_report.build(graph, {plan.group.id: plan.num_pruned for plan in plans})
+    coverage_report.warn(report, "prepare")
+    pmodel.coverage_report = report
+    return pmodel
 
 
 def _clone_wrapped(model: keras.Model, make_wrapper) -> keras.Model:
@@ -219,6 +247,7 @@ def _clone_wrapped(model: keras.Model, make_wrapper) -> keras.Model:
     pmodel = cloning.clone(model, replace=replace, compiled=True).model
     for wrapper in find_wrappers(pmodel):
         wrapper.keep_mask.assign(masks[id(wrapper)].astype("float32"))
+    hold_masks_in_train_step(pmodel)  # JAX: the masks' constraints need the train step
     return pmodel
 
 

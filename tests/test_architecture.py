@@ -62,7 +62,11 @@ def scale_rule():
 
 def test_unknown_custom_layer_is_named_in_the_error():
     with pytest.raises(keras_tpp.UnsupportedModelError, match="'scale1' \\(ChannelScale\\)"):
-        keras_tpp.prepare(_model_with_scale(), 0.5)
+        keras_tpp.prepare(_model_with_scale(), 0.5, on_unsupported="raise")
+    # By default (issue 12) prepare prunes the other groups and names the layer in a warning.
+    with pytest.warns(keras_tpp.CoverageWarning, match="'c1'.*ChannelScale layer 'scale1'"):
+        pmodel = keras_tpp.prepare(_model_with_scale(), 0.5)
+    assert set(keras_tpp.get_masks(pmodel)) == {"c2"}
 
 
 def test_a_registered_layer_rule_makes_a_custom_follower_prunable(scale_rule):

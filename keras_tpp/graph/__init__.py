@@ -22,10 +22,14 @@ Vocabulary (one group = one set of N channels that can only be removed together)
 
 Channels pass unchanged through activations, dropout, pooling, padding, cropping, up-sampling,
 scalar rescaling, reshapes that keep the channel axis last, and nested functional models.
+keras.ops operations recorded in the graph (``x + 3``, ``keras.ops.relu6(x)``, ``a * b``) are
+followed too (:mod:`~keras_tpp.graph.operations`): channel-wise ones pass channels, binary ones
+between tensors couple them like an ``Add`` layer, and per-channel constants are sliced.
 A group is *unprunable* (with a ``reason``) when it reaches a model output, is coupled with a
 model input, or touches a layer whose channel mapping keras_tpp does not model.
 
 Modules: :mod:`~keras_tpp.graph.nodes` (layer refs, consumer slots, groups),
+:mod:`~keras_tpp.graph.operations` (roles of keras.ops operation nodes),
 :mod:`~keras_tpp.graph.walk` (the call graph in topological order, read through
 :mod:`keras_tpp.keras_internals`), :mod:`~keras_tpp.graph.layout` (channel layouts and their
 union-find), :mod:`~keras_tpp.graph.dependency` (:class:`DependencyGraph`, one rule per role

@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 from keras_tpp import filters, layer_roles
+from keras_tpp.graph import operations
 from keras_tpp.graph.layout import Atoms, Layout, Step
 from keras_tpp.graph.nodes import (
     ChannelGroup,
@@ -21,30 +22,59 @@ from keras_tpp.graph.nodes import (
 from keras_tpp.graph.walk import CallSite, flat, graph_of, iter_layers, output_layer_names, walk
 
 
+#: What the graph does about layers and operations it cannot follow.
+ON_UNSUPPORTED = ("raise", "skip", "report")
+
+
+def _lookup(index: dict, key: Any) -> list[LayerRef]:
+    """``index[key]`` (a copy), or [] when absent or unhashable."""
+    try:
+        return list(index.get(key, ()))
+    except TypeError:
+        return []
+
+
 class DependencyGraph:
     """Channel groups of a functional or Sequential model.
 
     Args:
         model: the model; it is read, never modified.
-        on_unsupported: "raise" (default) raises :class:`UnsupportedModelError` at the first
-            layer keras_tpp cannot follow (Lambda, custom and ops layers, channels_first);
-            "skip" warns instead and marks every group that touches it unprunable.
+        on_unsupported: "raise" (default here) raises :class:`UnsupportedModelError` at the
+            first layer or keras.ops operation keras_tpp cannot follow (Lambda, custom
+            layers, unmodelled operations, channels_first); "skip" warns for each and marks
+            every group that touches it unprunable; "report" marks them without a warning
+            (the reasons are in the groups and in ``unsupported``; :func:`keras_tpp.prepare`
+            and the surgery functions use it by default and report once).
+        allow_renormalization: prune through LayerNormalization over the channel axis
+            (slicing γ and β; the remaining channels are renormalized, so outputs change).
+            By default such groups are unprunable, with the reason.
 
     Attributes:
         groups: the :class:`ChannelGroup` list, in the order of their first producer.
         steps: every leaf layer call with its role and channel layouts, in topological order.
         nested_inputs: {id(nested model): (its ref, the layouts of its inputs)}.
+        unsupported: one message per layer or operation keras_tpp could not follow
+            ("skip"/"report" modes).
+
+    Example::
+
+        graph = DependencyGraph(model, on_unsupported="report")
+        print(graph.summary())
     """
 
-    def __init__(self, model: keras.Model, *, on_unsupported: str = "raise"):
-        if on_unsupported not in ("raise", "skip"):
+    def __init__(self, model: keras.Model, *, on_unsupported: str = "raise",
+                 allow_renormalization: bool = False):
+        if on_unsupported not in ON_UNSUPPORTED:
             raise ValueError(
-                f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}."
+                f"on_unsupported must be 'raise', 'skip' or 'report', got {on_unsupported!r}."
             )
         if not isinstance(model, keras.Model):
             raise UnsupportedModelError(f"Expected a keras.Model, got {type(model).__name__}.")
         self.model = model
         self.on_unsupported = on_unsupported
+        self.allow_renormalization = bool(allow_renormalization)
+        self.unsupported: list[str] = []
+        self._renormalized: list[tuple[LayerRef, Layout]] = []
         self.steps: list[Step] = []
         self._atoms = Atoms()
         self._slots: dict[int, Layout] = {}  # id(layer) -> layout at its channel input
@@ -85,17 +115,17 @@ class DependencyGraph:
         """
         if isinstance(layer_or_name, LayerRef):
             layer_or_name = layer_or_name.path
+        by_id, by_path, by_name = self._ref_index()
         if isinstance(layer_or_name, keras.layers.Layer):
-            for ref in self._all_refs:
-                if ref.layer is layer_or_name:
-                    return ref
+            if id(layer_or_name) in by_id:
+                return by_id[id(layer_or_name)]
             raise ValueError(f"Layer '{layer_or_name.name}' is not part of model "
                              f"'{self.model.name}'.")
         key = tuple(layer_or_name.split("/")) if isinstance(layer_or_name, str) \
             else tuple(layer_or_name)
-        matches = [r for r in self._all_refs if r.path == key]
+        matches = _lookup(by_path, key)
         if not matches and len(key) == 1:
-            matches = [r for r in self._all_refs if r.name == key[0]]
+            matches = _lookup(by_name, key[0])
         if len(matches) == 1:
             return matches[0]
         name = "/".join(key)
@@ -104,6 +134,21 @@ class DependencyGraph:
         paths = ", ".join(repr(m.path_str) for m in matches)
         raise ValueError(f"Layer name '{name}' is ambiguous in model '{self.model.name}' "
                          f"({paths}); use the full 'outer/inner' path.")
+
+    def _ref_index(self) -> tuple[dict[int, LayerRef], dict[tuple, list[LayerRef]],
+                                  dict[str, list[LayerRef]]]:
+        """{id(layer): first ref}, {path: refs}, {name: refs} of every leaf layer, built
+        once (find() is called once per plan entry: a scan per call was quadratic)."""
+        if getattr(self, "_refs_indexed", None) is None:
+            by_id: dict[int, LayerRef] = {}
+            by_path: dict[tuple, list[LayerRef]] = {}
+            by_name: dict[str, list[LayerRef]] = {}
+            for ref in self._all_refs:
+                by_id.setdefault(id(ref.layer), ref)
+                by_path.setdefault(ref.path, []).append(ref)
+                by_name.setdefault(ref.name, []).append(ref)
+            self._refs_indexed = (by_id, by_path, by_name)
+        return self._refs_indexed
 
     def layout_group(self, atom: int) -> ChannelGroup | None:
         """The group a layout segment's atom belongs to (None for input-only channels)."""
@@ -116,8 +161,9 @@ class DependencyGraph:
     # -- recording ------------------------------------------------------------------------
 
     def _record(self, site: CallSite, kind: str, outputs: list[Layout]) -> list[Layout]:
+        call = (site.args, site.kwargs) if operations.is_operation(site.ref.layer) else None
         self.steps.append(Step(site.ref, kind, list(site.inputs), outputs,
-                               site.input_shapes, site.output_shapes))
+                               site.input_shapes, site.output_shapes, call))
         return outputs
 
     def _slot(self, site: CallSite, layout: Layout) -> Layout:
@@ -140,9 +186,8 @@ class DependencyGraph:
 
     def _visit(self, site: CallSite) -> list[Layout]:
         layer = site.ref.layer
-        if not isinstance(layer, keras.layers.Layer):
-            return self._unknown(site, "is a keras.ops operation, not a layer; keras_tpp "
-                                       "cannot tell how it treats channels")
+        if operations.is_operation(layer):
+            return self._operation(site)
         if getattr(layer, "data_format", None) == "channels_first":
             return self._unknown(site, "uses data_format='channels_first'; keras_tpp "
                                        "supports channels_last only")
@@ -159,6 +204,22 @@ class DependencyGraph:
             return self._unknown(site, role.reason)
         return handler(site, role)
 
+    def _operation(self, site: CallSite) -> list[Layout]:
+        """A keras.ops operation node: its role from :mod:`keras_tpp.graph.operations`."""
+        if not site.inputs or any(not isinstance(x, Layout) for x in site.inputs):
+            return self._unknown(site, "takes inputs keras_tpp cannot follow")
+        role = operations.op_role(site.ref.layer, site.ref.path_str, site.args, site.kwargs,
+                                  site.inputs[0].channels * site.inputs[0].repeat,
+                                  site.input_shapes, site.output_shapes)
+        if role.kind == "unknown":
+            return self._unknown(site, role.reason)
+        if role.kind == "follower" and site.inputs[0].repeat != 1:
+            return self._barrier(site, f"reaches '{site.ref.path_str}' after a Flatten/Reshape, "
+                                       "where its per-channel constant cannot be sliced")
+        handler = {"follower": self._follower, "pass": self._pass, "coupling": self._merge,
+                   "offsets": self._concat}[role.kind]
+        return handler(site, role)
+
     def _barrier(self, site: CallSite, why: str) -> list[Layout]:
         for lay in site.inputs:
             self._atoms.taint(lay, why)
@@ -166,12 +227,19 @@ class DependencyGraph:
 
     def _unknown(self, site: CallSite, why: str) -> list[Layout]:
         ref = site.ref
-        message = f"Layer '{ref.path_str}' ({type(ref.layer).__name__}) {why}."
+        if operations.is_operation(ref.layer):
+            message = (f"Operation '{ref.path_str}' ({operations.describe(ref.layer)}) {why}.")
+            reason = (f"passes through operation '{ref.path_str}' "
+                      f"({operations.describe(ref.layer)}) whose effect on channels is unknown")
+        else:
+            message = f"Layer '{ref.path_str}' ({type(ref.layer).__name__}) {why}."
+            reason = (f"passes through {type(ref.layer).__name__} layer '{ref.path_str}' whose "
+                      "effect on channels is unknown")
         if self.on_unsupported == "raise":
             raise UnsupportedModelError(message)
-        warnings.warn(message + " Channels through it are not pruned.", stacklevel=4)
-        reason = (f"passes through {type(ref.layer).__name__} layer '{ref.path_str}' whose "
-                  "effect on channels is unknown")
+        self.unsupported.append(message)
+        if self.on_unsupported == "skip":
+            warnings.warn(message + " Channels through it are not pruned.", stacklevel=4)
         for lay in site.inputs:
             self._atoms.taint(lay, reason)
         return self._record(site, "unsupported", self._fresh(site, reason))
@@ -198,7 +266,9 @@ class DependencyGraph:
         if x.repeat != 1:
             self._atoms.taint(x, f"reaches '{site.ref.path_str}' after a Flatten/Reshape, where "
                                  "its per-channel parameters are repeated per position")
-        if role.taint:
+        if role.taint and role.renormalizes and self.allow_renormalization:
+            self._renormalized.append((site.ref, x))
+        elif role.taint:
             self._atoms.taint(x, role.taint)
         if self._slot(site, x) is x:
             self._uses.append(("follower", site.ref, x))
@@ -240,7 +310,7 @@ class DependencyGraph:
 
     def _concat(self, site: CallSite, role: layer_roles.Role) -> list[Layout]:
         rank = len(site.output_shapes[0])
-        if int(site.ref.layer.axis) % rank != rank - 1:
+        if int(getattr(site.ref.layer, "axis", -1)) % rank != rank - 1:
             return self._record(site, "merge", [self._atoms.couple(site.inputs,
                                                                    site.ref.path_str)])
         if any(lay.repeat != 1 for lay in site.inputs):
@@ -275,6 +345,11 @@ class DependencyGraph:
                         if all(f is not ref for f in group.followers):
                             group.followers.append(ref)
                 offset += size
+        for ref, layout in self._renormalized:
+            for atom, _ in layout.segments:
+                group = self.layout_group(atom)
+                if group is not None and all(r is not ref for r in group.renormalized):
+                    group.renormalized.append(ref)
         order = {id(step.ref.layer): i for i, step in reversed(list(enumerate(self.steps)))}
         self.groups = sorted(self._group_by_root.values(),
                              key=lambda g: order.get(id(g.producers[0].layer), 0))

@@ -43,6 +43,8 @@ class Step:
     """A recorded layer call: its role and the layouts of its inputs and outputs.
 
     ``kind``: producer | follower | pass | merge | concat | barrier | unsupported.
+    ``call`` holds (args, kwargs) of a keras.ops operation's call, tensors replaced by their
+    layouts (its constants are needed to follow and slice channels); None for layers.
     """
 
     ref: LayerRef
@@ -51,6 +53,7 @@ class Step:
     outputs: list[Layout]
     input_shapes: list[tuple]
     output_shapes: list[tuple]
+    call: tuple | None = None
 
 
 @dataclass(eq=False)

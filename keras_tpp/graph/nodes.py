@@ -64,6 +64,9 @@ class ChannelGroup:
     # Followers with their place in the follower's channels (several groups share a
     # BatchNormalization behind a Concatenate); same order as ``followers``.
     follower_slots: list[ConsumerRef] = field(default_factory=list)
+    # Channel normalizations (LayerNormalization over channels) the group is pruned through
+    # because the user passed allow_renormalization=True: outputs change.
+    renormalized: list[LayerRef] = field(default_factory=list)
 
     def __repr__(self) -> str:
         state = "prunable" if self.prunable else f"unprunable: {self.reason}"

@@ -19,7 +19,12 @@ group (:mod:`keras_tpp.graph`).
   outputs equal the masked model's.
 - :func:`prune` — one-shot pruning by L1 norm (or at random) straight to a thin model.
 
-The user's model is never modified; every check runs before anything is built.
+The user's model is never modified; every check runs before anything is built. Layers and
+keras.ops operations keras_tpp cannot follow make the groups through them unprunable
+(``on_unsupported="report"``, the default; ``"raise"`` raises instead); a plan naming such a
+group is a ValueError with the reason. ``allow_renormalization=True`` lets a plan remove
+channels that pass through LayerNormalization over channels (γ, β sliced; not exact: the
+remaining channels are renormalized).
 
 Modules: :mod:`~keras_tpp.surgery.plan` (plans and masks → plans),
 :mod:`~keras_tpp.surgery.edits` (what each layer loses, new configs and weights),

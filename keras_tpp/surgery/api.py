@@ -2,6 +2,7 @@
 :mod:`keras_tpp.surgery`)."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Mapping
 
 import keras
@@ -32,22 +33,39 @@ def check_finite(model: keras.Model) -> None:
 
 
 
-def zero_channels(model: keras.Model, plan: Plan, *,
-                  on_unsupported: str = "raise") -> keras.Model:
+def _renormalization_warning(graph: DependencyGraph, removed: Mapping[int, np.ndarray],
+                             what: str) -> None:
+    """Warn when a plan prunes channels through a channel normalization (opt-in)."""
+    layers = sorted({ref.path_str for gid in removed for ref in graph.groups[gid].renormalized})
+    if layers:
+        from keras_tpp.coverage_report import CoverageWarning
+
+        warnings.warn(CoverageWarning(
+            f"{what} removes channels that pass through channel normalization "
+            f"({', '.join(layers[:5])}{', ...' if len(layers) > 5 else ''}) because "
+            "allow_renormalization=True: the remaining channels are renormalized, so the "
+            "thin model's outputs differ from the original's (not an exact removal)."),
+            stacklevel=3)
+
+
+def zero_channels(model: keras.Model, plan: Plan, *, on_unsupported: str = "report",
+                  allow_renormalization: bool = False) -> keras.Model:
     """The masked model: a copy of ``model`` with the plan's channels zeroed.
 
     Sets to zero, for every planned channel, the producers' output filters and biases and
     each follower's per-channel parameters (BatchNormalization γ, β and moving mean;
     depthwise kernel and bias; PReLU α), so the channel is exactly zero after every follower
-    in inference mode. Raises ValueError (nothing built) for invalid plans.
+    in inference mode (LayerNormalization γ and β when ``allow_renormalization=True``).
+    Raises ValueError (nothing built) for invalid plans.
     """
-    graph = DependencyGraph(model, on_unsupported=on_unsupported)
+    graph = DependencyGraph(model, on_unsupported=on_unsupported,
+                            allow_renormalization=allow_renormalization)
     surgeon = Surgeon(graph, resolve_plan(graph, plan))
     return cloning.clone(model, weights=surgeon.zeroed_weights).model
 
 
 def shrink(model: keras.Model, plan: Plan | None = None, *,
-           on_unsupported: str = "raise") -> keras.Model:
+           on_unsupported: str = "report", allow_renormalization: bool = False) -> keras.Model:
     """The thin model: a plain functional Keras model without the plan's channels.
 
     Args:
@@ -58,11 +76,17 @@ def shrink(model: keras.Model, plan: Plan | None = None, *,
         plan: {producer name or "outer/inner" path: output channel indices to remove, or a
             boolean keep-mask of length N (True = kept, False = removed), as
             :func:`keras_tpp.get_masks` returns}.
-        on_unsupported: see :class:`keras_tpp.graph.DependencyGraph`.
+        on_unsupported: see :class:`keras_tpp.graph.DependencyGraph`; by default ("report")
+            layers and operations keras_tpp cannot follow only make the groups through
+            them unprunable (a plan that names such a group is a ValueError with the reason).
+        allow_renormalization: allow removing channels that pass through LayerNormalization
+            over channels (γ, β sliced). Not exact: the remaining channels are renormalized,
+            so outputs change (a :class:`keras_tpp.CoverageWarning` says so).
     Returns:
         A new, uncompiled model computing what ``model`` computes with the planned
         producers' outputs zero (exactly the masked model's outputs when ``model`` is
-        masked).
+        masked, except through channel normalizations pruned with
+        ``allow_renormalization=True``).
     Raises:
         ValueError: unknown names, out-of-range/duplicate-conflicting/all-channel entries,
             unprunable groups, removed channels whose non-zero value cannot be folded, or
@@ -75,14 +99,18 @@ def shrink(model: keras.Model, plan: Plan | None = None, *,
         prepared.check_pruned_channels_zero(model)
         plan = plan_from_masks(prepared.get_masks(model))
         model = prepared.strip(model)  # the same weights: already checked
-    return _shrink(model, plan, on_unsupported)
+    return _shrink(model, plan, on_unsupported, allow_renormalization)
 
 
-def _shrink(model: keras.Model, plan: Plan, on_unsupported: str = "raise") -> keras.Model:
+def _shrink(model: keras.Model, plan: Plan, on_unsupported: str = "report",
+            allow_renormalization: bool = False, graph: DependencyGraph | None = None,
+            what: str = "shrink") -> keras.Model:
     """shrink() after its checks of the weights (the plan is checked here)."""
-    graph = DependencyGraph(model, on_unsupported=on_unsupported)
+    graph = graph or DependencyGraph(model, on_unsupported=on_unsupported,
+                                     allow_renormalization=allow_renormalization)
     surgeon = Surgeon(graph, resolve_plan(graph, plan))
     propagate(surgeon)
+    _renormalization_warning(graph, surgeon.removed, what)
     return _build_thin(surgeon)
 
 
@@ -98,7 +126,8 @@ def _build_thin(surgeon: Surgeon) -> keras.Model:
                 for t, layout in zip(keras.tree.flatten(model.inputs), layouts)]
 
     return cloning.clone(graph.model, config=surgeon.new_config, input_shapes=input_shapes,
-                         weights=surgeon.new_weights).model
+                         weights=surgeon.new_weights,
+                         call_args=surgeon.operation_arguments).model
 
 
 def make_plan(
@@ -111,6 +140,8 @@ def make_plan(
     seed: int | None = None,
     round_to: int | None = None,
     graph: DependencyGraph | None = None,
+    on_unsupported: str = "report",
+    allow_renormalization: bool = False,
 ) -> dict[str, np.ndarray]:
     """Choose the channels :func:`prune` removes: {first producer's path: indices}.
 
@@ -122,6 +153,9 @@ def make_plan(
     smallest first) or "random" (seeded uniform choice). ``round_to`` (optional)
     rounds each group's kept channel count up to a multiple of it (e.g. 8 or 16, which CPU
     and GPU kernels run faster on), so fewer channels than ceil(ratio·N) may be removed.
+    Groups keras_tpp cannot prune are left out (``on_unsupported="raise"`` raises at the
+    first layer or operation it cannot follow); ``allow_renormalization=True`` also prunes
+    groups through LayerNormalization over channels (outputs change).
     """
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
                                  or round_to < 1):
@@ -130,7 +164,8 @@ def make_plan(
     if method not in methods:
         raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(methods)}.")
     seed = selection.check_seed(seed)
-    graph = graph or DependencyGraph(model)
+    graph = graph or DependencyGraph(model, on_unsupported=on_unsupported,
+                                     allow_renormalization=allow_renormalization)
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers,
                                             exclude=exclude)
     chosen = selection.choose_pruned(graph, ratios, method, seed=seed, round_to=round_to)
@@ -147,14 +182,27 @@ def prune(
     exclude: Iterable[str] | None = None,
     seed: int | None = None,
     round_to: int | None = None,
+    on_unsupported: str = "report",
+    allow_renormalization: bool = False,
 ) -> keras.Model:
     """One-shot structured pruning straight to a thin model.
 
     Chooses channels with :func:`make_plan` (same arguments) and returns
-    ``shrink(zero_channels(model, plan), plan)``.
+    ``shrink(zero_channels(model, plan), plan)``. Every prunable group is pruned; the groups
+    left alone (with their reasons) are in the thin model's ``coverage_report``
+    (:class:`keras_tpp.CoverageReport`), and a :class:`keras_tpp.CoverageWarning` lists
+    those left alone for a reason other than reaching a model output.
+
+    Example::
+
+        thin = keras_tpp.prune(model, 0.3)
+        print(thin.coverage_report)
     """
+    from keras_tpp import coverage_report
+
     check_finite(model)
-    graph = DependencyGraph(model)
+    graph = DependencyGraph(model, on_unsupported=on_unsupported,
+                            allow_renormalization=allow_renormalization)
     plan = make_plan(model, pruning_ratio, method=method, layers=layers, exclude=exclude,
                      seed=seed, round_to=round_to, graph=graph)
     if not plan:
@@ -162,6 +210,13 @@ def prune(
                                                 exclude=exclude)
         raise ValueError(f"Nothing to prune in model '{model.name}': "
                          f"{selection.nothing_to_prune_reason(graph, ratios)}.")
-    return _shrink(zero_channels(model, plan), plan)  # weights checked above
+    masked = zero_channels(model, plan, on_unsupported="report",
+                           allow_renormalization=allow_renormalization)
+    thin = _shrink(masked, plan, "report", allow_renormalization, what="prune")
+    removed = {graph.group_of(key).id: len(indices) for key, indices in plan.items()}
+    report = coverage_report.build(graph, removed)
+    coverage_report.warn(report, "prune", renormalization=False)
+    thin.coverage_report = report
+    return thin
 
 

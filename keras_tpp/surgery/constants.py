@@ -22,6 +22,7 @@ from keras_tpp.graph import ChannelGroup, Layout, Step
 from keras_tpp.surgery.edits import Surgeon, as_numpy, input_channels
 
 _L = keras.layers
+_FORMULA_MERGES = (_L.Concatenate,) + layer_roles.MERGE  # merges with a formula in _merge
 Values = list  # one entry per layout segment: None (nothing removed) or (k,) float64
 
 
@@ -40,7 +41,9 @@ def propagate(surgeon: Surgeon) -> None:
 
     for step in surgeon.graph.steps:
         layer = step.ref.layer
-        if step.kind == "producer":
+        if step.call is not None and step.kind in ("pass", "follower", "merge"):
+            outs = _operation(surgeon, step, [get(x) for x in step.inputs])
+        elif step.kind == "producer":
             _fold(surgeon, step, get(step.inputs[0]))
             outs = [None if surgeon.removed_in(a) is None else
                     _activate(getattr(layer, "activation", None),
@@ -50,6 +53,8 @@ def propagate(surgeon: Surgeon) -> None:
             outs = _follow(surgeon, step, get(step.inputs[0]))
         elif step.kind == "pass":
             outs = _pass(step, get(step.inputs[0]))
+        elif step.kind == "merge" and not isinstance(layer, _FORMULA_MERGES):
+            outs = _operation(surgeon, step, [get(x) for x in step.inputs])  # other couplings
         elif step.kind == "merge":
             outs = _merge(layer, [get(x) for x in step.inputs])
         elif step.kind == "concat":
@@ -67,6 +72,9 @@ def _follow(surgeon: Surgeon, step: Step, vals: Values) -> Values:
     how = layer_roles.role_of(layer, len(step.input_shapes[0])).constants
     out = []
     offset = 0
+    # The layer's weights, read once per call (a follower behind a Concatenate sees one
+    # segment per concatenated tensor: reading them per segment was quadratic in DenseNets).
+    params = _LazyParams(layer)
     for (atom, size), v in zip(step.inputs[0].segments, vals):
         idx = surgeon.removed_in(atom)
         if v is None:
@@ -76,23 +84,29 @@ def _follow(surgeon: Surgeon, step: Step, vals: Values) -> Values:
         ch = offset + idx
         offset += size
         if how == "batchnorm":
-            w = _bn_params(layer)
+            w = params.batchnorm()
             v = (v - w["mean"][ch]) / np.sqrt(w["var"][ch] + layer.epsilon) * w["gamma"][ch] \
                 + w["beta"][ch]
         elif how == "depthwise":
-            kernel = as_numpy(layer.kernel)  # (*k, C, 1)
+            kernel = params.array("kernel")  # (*k, C, 1)
             ksum = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(0)[:, 0]
             padded = layer.padding != "valid" and any(k > 1 for k in kernel.shape[:-2])
             v = np.where((v != 0) & padded, np.nan, v * ksum[ch])
             if layer.use_bias:
-                v = v + as_numpy(layer.bias)[ch]
+                v = v + params.array("bias")[ch]
             v = _activate(layer.activation, v)
         elif how == "prelu":
-            alpha = as_numpy(layer.alpha).reshape(-1, as_numpy(layer.alpha).shape[-1])[:, ch]
+            alpha = params.array("alpha")
+            alpha = alpha.reshape(-1, alpha.shape[-1])[:, ch]
             uniform = np.all(alpha == alpha[:1], axis=0)
             v = np.where(v >= 0, v, np.where(uniform, alpha[0] * v, np.nan))
         elif how == "elementwise":
             v = _per_channel(layer, step, ch, v)
+        elif how == "normalization":
+            # Pruned through a channel normalization (allow_renormalization=True): the
+            # removed channels are dropped before it, the others renormalized; nothing of
+            # them remains to fold (outputs change by design, see layer_roles).
+            v = np.zeros_like(v)
         else:
             v = _evaluate(layer, step, v)
         out.append(v)
@@ -109,8 +123,9 @@ def _pass(step: Step, vals: Values) -> Values:
     if how == "keep":
         return list(vals)
     if how == "elementwise":
-        return [None if v is None else _activate(layer, v) for v in vals]
-    return [None if v is None else _evaluate(layer, step, v) for v in vals]
+        return _activate_each(layer, vals)
+    zero_to_zero = _maps_zero_to_zero(layer, step)  # one evaluation for all segments
+    return [None if v is None else _evaluate(layer, step, v, zero_to_zero) for v in vals]
 
 
 def _fold(surgeon: Surgeon, step: Step, vals: Values) -> None:
@@ -121,14 +136,17 @@ def _fold(surgeon: Surgeon, step: Step, vals: Values) -> None:
         return
     total = input_channels(layer) // layout.repeat
     delta = np.zeros(filters.num_filters(layer))
+    response = None  # R of every input channel, computed once (not per segment and copy)
     offset = 0
     for (atom, size), v in zip(layout.segments, vals):
         idx = surgeon.removed_in(atom)
         if v is not None and np.any(v != 0):
             _check_foldable(step, surgeon.graph.layout_group(atom), v)
+            if response is None:
+                response = _input_response(layer, np.arange(input_channels(layer)))
             for p in range(layout.repeat):
                 rows = p * total + offset + idx
-                delta += _input_response(layer, rows).T @ v
+                delta += response[rows].T @ v
         offset += size
     edit = surgeon.edit(step.ref)
     if edit.bias_delta is not None and not np.allclose(edit.bias_delta, delta):
@@ -186,6 +204,40 @@ def _activate(fn: Any, v: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(v), np.nan, out)
 
 
+def _activate_each(fn: Any, vals: Values) -> Values:
+    """:func:`_activate` of every segment's constants, evaluated once per distinct vector
+    (behind a Concatenate many segments carry the same constants, e.g. all zeros)."""
+    done: dict[tuple, np.ndarray] = {}
+    out = []
+    for v in vals:
+        if v is None:
+            out.append(None)
+            continue
+        key = (v.shape, v.dtype.str, v.tobytes())
+        if key not in done:
+            done[key] = _activate(fn, v)
+        out.append(done[key].copy())
+    return out
+
+
+class _LazyParams:
+    """A layer's weights as numpy arrays, each read at most once."""
+
+    def __init__(self, layer: keras.layers.Layer):
+        self.layer = layer
+        self._arrays: dict[str, Any] = {}
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = as_numpy(getattr(self.layer, name))
+        return self._arrays[name]
+
+    def batchnorm(self) -> dict[str, np.ndarray]:
+        if "_bn" not in self._arrays:
+            self._arrays["_bn"] = _bn_params(self.layer)
+        return self._arrays["_bn"]
+
+
 def _probe_shape(step: Step) -> tuple:
     return (1,) + tuple(8 if d is None else d for d in step.input_shapes[0][1:])
 
@@ -202,12 +254,68 @@ def _per_channel(layer: keras.layers.Layer, step: Step, ch: np.ndarray,
     return np.where(uniform, out[0], np.nan)
 
 
-def _evaluate(layer: keras.layers.Layer, step: Step, v: np.ndarray) -> np.ndarray:
-    """Other layers (e.g. scalar Normalization): a removed channel stays exactly zero if it
-    was zero and the layer maps an all-zero example to zero (checked numerically); any other
-    value is marked unknown (NaN), which surgery refuses to fold."""
+def _operation(surgeon: Surgeon, step: Step, inputs: list[Values]) -> Values:
+    """A channel-wise keras.ops operation (elementwise, with scalar, broadcast or per-channel
+    constants, or between tensors of the same channels; reductions over positions), or a
+    coupling layer without a formula here (InceptionResNetV2's scaled sum), applied to
+    the removed channels' values: evaluated on probes holding the values in their channels
+    (every other channel zero) with the call's own constants; NaN where a result is not the
+    same at every position or an input is unknown."""
+    if all(v is None for vals in inputs for v in vals):
+        return [None] * len(step.outputs[0].segments)
+    probes, unknown = [], None
+    for layout, shape, vals in zip(step.inputs, step.input_shapes, inputs):
+        probe = np.zeros((1,) + tuple(8 if d is None else d for d in shape[1:]), np.float32)
+        flat_probe = probe.reshape(-1, probe.shape[-1])
+        bad = np.zeros(probe.shape[-1], bool)
+        offset = 0
+        for (atom, size), v in zip(layout.segments, vals):
+            if v is not None:
+                chans = offset + surgeon.removed_in(atom)
+                flat_probe[:, chans] = np.where(np.isnan(v), 0.0, v)
+                bad[chans] = np.isnan(v)
+            offset += size
+        probes.append(probe)
+        unknown = bad if unknown is None or unknown.shape != bad.shape else unknown | bad
+    if step.call is None:  # a merging layer called on its list of tensors
+        out = as_numpy(step.ref.layer(probes, training=False)).astype(np.float64)
+    else:
+        by_layout = {id(layout): probe for layout, probe in zip(step.inputs, probes)}
+        args, kwargs = keras.tree.map_structure(
+            lambda leaf: by_layout[id(leaf)] if isinstance(leaf, Layout) else leaf, step.call)
+        out = as_numpy(step.ref.layer(*args, **kwargs)).astype(np.float64)
+    out = out.reshape(-1, out.shape[-1])
+    result, offset = [], 0
+    for atom, size in step.outputs[0].segments:
+        removed = surgeon.removed_in(atom)
+        if removed is None:
+            result.append(None)
+        else:
+            chans = offset + removed
+            col = out[:, chans]
+            uniform = np.all(col == col[:1], axis=0)
+            if unknown is not None and unknown.shape[0] == out.shape[-1]:
+                uniform &= ~unknown[chans]
+            result.append(np.where(uniform, col[0], np.nan))
+        offset += size
+    return result
+
+
+def _maps_zero_to_zero(layer: keras.layers.Layer, step: Step) -> bool:
+    """Whether the layer maps an all-zero example (of the step's input shape) to zero."""
     out = as_numpy(layer(np.zeros(_probe_shape(step), np.float32), training=False))
-    return np.where((v == 0) & np.all(out == 0), 0.0, np.nan)
+    return bool(np.all(out == 0))
+
+
+def _evaluate(layer: keras.layers.Layer, step: Step, v: np.ndarray,
+              zero_to_zero: bool | None = None) -> np.ndarray:
+    """Other layers (e.g. scalar Normalization): a removed channel stays exactly zero if it
+    was zero and the layer maps an all-zero example to zero (checked numerically, unless
+    ``zero_to_zero`` gives the answer); any other value is marked unknown (NaN), which
+    surgery refuses to fold."""
+    if zero_to_zero is None:
+        zero_to_zero = _maps_zero_to_zero(layer, step)
+    return np.where((v == 0) & zero_to_zero, 0.0, np.nan)
 
 
 def _merge(layer: keras.layers.Layer, inputs: list[Values]) -> Values:

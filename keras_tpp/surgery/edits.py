@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_tpp import filters, layer_roles
-from keras_tpp.graph import DependencyGraph, LayerRef, Layout
+from keras_tpp.graph import DependencyGraph, LayerRef, Layout, operations
 
 
 def as_numpy(variable: Any) -> np.ndarray:
@@ -128,7 +128,8 @@ class Surgeon:
             return self._producer_weights(layer, edit)
         own = np.asarray(sorted(set(edit.own)), dtype=np.int64)
         sliced = {id(v): delete(as_numpy(v), own, axis) for v, axis in channel_variables(layer)}
-        return [sliced.get(id(v), as_numpy(v)) for v in layer.weights]
+        # (not sliced.get(id(v), as_numpy(v)): that would read every variable twice)
+        return [sliced[id(v)] if id(v) in sliced else as_numpy(v) for v in layer.weights]
 
     def _producer_weights(self, layer: keras.layers.Layer, edit: Edit) -> list[np.ndarray]:
         arrays = {id(v): as_numpy(v) for v in layer.weights}
@@ -169,12 +170,38 @@ class Surgeon:
             config[key] = int(config[key]) - len(edit.out)
         if edit.bias_delta is not None and not config.get("use_bias", True):
             config["use_bias"] = True
+        if edit.own and not operations.is_operation(layer):
+            removed = len(set(edit.own))
+            for key in layer_roles.role_of(layer).channel_config:
+                config[key] = int(config[key]) - removed
         if edit.reshape_last is not None:
             target = list(config["target_shape"])
             if target[-1] != -1:
                 target[-1] = edit.reshape_last
             config["target_shape"] = tuple(target)
         return config
+
+    def operation_arguments(self, operation: Any, args: tuple,
+                            kwargs: dict) -> tuple[tuple, dict]:
+        """The arguments of a keras.ops operation's call in the thin model: its per-channel
+        constants without the removed channels (other arguments unchanged)."""
+        edit = self.edits.get(id(operation))
+        if edit is None or not edit.own:
+            return args, kwargs
+        channels = self._operation_channels().get(id(operation))
+        if channels is None:
+            return args, kwargs
+        own = np.asarray(sorted(set(edit.own)), dtype=np.int64)
+        return operations.sliced_arguments(args, kwargs, channels, own)
+
+    def _operation_channels(self) -> dict[int, int]:
+        """{id(operation): channels of its input} for the operations with per-channel
+        constants (followers)."""
+        if not hasattr(self, "_op_channels"):
+            self._op_channels = {id(step.ref.layer): step.inputs[0].channels
+                                 for step in self.graph.steps
+                                 if step.call is not None and step.kind == "follower"}
+        return self._op_channels
 
     # -- the masked model's values ----------------------------------------------------------------
 
