@@ -4,6 +4,11 @@ Keras applies a variable's constraint right after each gradient update, inside t
 train step, so the masked entries stay zero with any ``steps_per_execution`` and under
 tf.distribute. The constraint reads a keep-mask and an on/off switch from variables bound by
 a :class:`~keras_tpp.wrappers.PruningWrapper`; while the switch is 0 it changes nothing.
+
+On JAX the optimizer update (``optimizer.stateless_apply``) sees the trainable and optimizer
+variables only, not the mask: there the mask is applied by the prepared model's train step
+right after the update (:func:`keras_tpp.prepared.hold_masks_in_train_step`, installed by
+``prepare``, ``apply_masks`` and the pruning callbacks), with the same result.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any, Callable
 import keras
 from keras import ops
 
-from keras_tpp import filters
+from keras_tpp import filters, keras_internals
 from keras_tpp.validation import integer
 
 
@@ -45,6 +50,21 @@ class ChannelMask(keras.constraints.Constraint):
     def __call__(self, w: Any) -> Any:
         if self.inner is not None:
             w = self.inner(w)
+        if self._keep_mask is None:
+            return w
+        if keras_internals.unmapped_in_stateless_scope(self._keep_mask):
+            # JAX's stateless optimizer update: the mask's value is not in the state here.
+            if keras_internals.in_wrapped_train_step():
+                return w  # the wrapped train step applies the mask right after the update
+            raise RuntimeError(
+                "On the JAX backend a keras_tpp mask constraint cannot read its mask inside "
+                "optimizer.stateless_apply. Call keras_tpp.prepared.hold_masks_in_train_step("
+                "model) before fit (prepare, apply_masks and the pruning callbacks do it; a "
+                "model loaded from a file and trained without them needs it).")
+        return self.mask(w)
+
+    def mask(self, w: Any) -> Any:
+        """w with the mask applied when enforcing (the inner constraint not applied)."""
         if self._keep_mask is None:
             return w
         mask = ops.cast(self._keep_mask, w.dtype)

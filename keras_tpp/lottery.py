@@ -61,7 +61,7 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
-from keras_tpp import filters, importance
+from keras_tpp import filters, importance, keras_internals
 from keras_tpp.callbacks.pruning import model_method
 from keras_tpp.experiments.atomic import atomic_write_bytes
 from keras_tpp.graph import DependencyGraph, iter_layers
@@ -288,6 +288,7 @@ class RewindPoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.snapshot is not None:
             return
+        keras_internals.sync_training_state(self.model)
         if self.path is not None and os.path.exists(self.path):
             snapshot = Snapshot.load(self.path)
             snapshot.check(self.model)
@@ -314,6 +315,7 @@ class RewindPoint(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.snapshot is not None:
             return
+        keras_internals.sync_training_state(self.model)  # JAX: variables hold the state
         now = train_step(self.model)
         if now == self.step:
             self._take()
@@ -472,7 +474,7 @@ def _channel_masks(pmodel: keras.Model, wrappers: dict[str, PruningWrapper],
             new[path] = mask
     norms = {path: w for path, w in wrappers.items() if not w.is_producer}
     if norms:
-        graph = DependencyGraph(strip(pmodel), on_unsupported="skip")
+        graph = DependencyGraph(strip(pmodel), on_unsupported="report")
         for group in graph.groups:
             mask = new.get(group.producers[0].path_str)
             if mask is None:

@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tpp import autodiff
+
 _DEFAULT_BATCH_SIZE = 32
 
 
@@ -41,15 +43,21 @@ def jacobian_singular_values(
           "singular_values": np.ndarray (B, min(K, D)), float64, each row sorted descending;
           "mean", "std" (population), "min", "max": floats over all B·min(K, D) values.
 
-    J is computed with K vector–Jacobian products per batch (a tf.while_loop of gradients),
-    never with a D × D object. Examples must be independent (inference mode), which holds for
-    ``training=False`` Keras models. TensorFlow backend only.
+    J is computed with K vector–Jacobian products per batch (TensorFlow: a tf.while_loop of
+    gradients in a tf.function; JAX: ``jax.jacrev`` of the batch sum, jit-compiled for Keras
+    models; see :mod:`keras_tpp.autodiff`), never with a D × D object. Examples must be
+    independent (inference mode), which holds for ``training=False`` Keras models.
+
+    Example:
+        >>> stats = keras_tpp.metrics.jacobian_singular_values(model, x_test[:64])
+        >>> stats["mean"]  # 1.0 under dynamical isometry
     """
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in autodiff.SUPPORTED_BACKENDS:
         raise NotImplementedError(
-            f"jacobian_singular_values is implemented for the TensorFlow backend only; the "
-            f"current Keras backend is {backend!r}."
+            f"jacobian_singular_values needs automatic differentiation, implemented for the "
+            f"{', '.join(autodiff.SUPPORTED_BACKENDS)} backends; the current Keras backend is "
+            f"{backend!r}."
         )
     if not callable(model):
         raise ValueError(f"`model` must be a Keras model or a callable; got {type(model)!r}.")
@@ -114,21 +122,51 @@ def _forward(model: Any, logits_fn: Callable[[Any], Any] | None, xb: Any) -> Any
 
 
 def _jacobian_fn(model: Any, logits_fn: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """tf.function xb (b, *input_shape) → J (b, K, *input_shape), cached when possible."""
-    import tensorflow as tf
+    """xb (b, *input_shape) → J (b, K, *input_shape), compiled and cached when possible.
 
+    TensorFlow: a tf.function of ``tape.batch_jacobian`` (variables are read when it runs).
+    JAX: for a Keras layer or model, ``jax.jit`` of ``jax.jacrev`` over its
+    ``stateless_call`` with the current weights passed as arguments (so a cached function
+    never sees stale weights); for any other callable, :func:`keras_tpp.autodiff.
+    batch_jacobian` uncompiled. Other backends: :func:`~keras_tpp.autodiff.batch_jacobian`.
+    """
+    backend = keras.backend.backend()
     cacheable = logits_fn is None and _cacheable(model)
     if cacheable and model in _JACOBIAN_FNS:
         return _JACOBIAN_FNS[model]
     model_ref = weakref.ref(model) if cacheable else (lambda: model)
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
-    def batch_jacobian(xb):
-        with tf.GradientTape() as tape:
-            tape.watch(xb)
-            logits = _forward(model_ref(), logits_fn, xb)
-        # One VJP per logit in a while-loop: memory of a single backward pass.
-        return tape.batch_jacobian(logits, xb, experimental_use_pfor=False)
+        @tf.function(reduce_retracing=True)
+        def batch_jacobian(xb):
+            with tf.GradientTape() as tape:
+                tape.watch(xb)
+                logits = _forward(model_ref(), logits_fn, xb)
+            # One VJP per logit in a while-loop: memory of a single backward pass.
+            return tape.batch_jacobian(logits, xb, experimental_use_pfor=False)
+    elif backend == "jax" and isinstance(model, keras.layers.Layer):
+        import jax
+        import jax.numpy as jnp
+
+        def logits_of(trainable, non_trainable, xb):
+            target = model_ref()
+            kwargs = {"training": False} if isinstance(target, keras.Model) else {}
+            out, _ = target.stateless_call(trainable, non_trainable, xb, **kwargs)
+            return logits_fn(out) if logits_fn is not None else out
+
+        @jax.jit
+        def compiled(trainable, non_trainable, xb):
+            jac = jax.jacrev(lambda x: jnp.sum(logits_of(trainable, non_trainable, x), axis=0))(xb)
+            return jnp.moveaxis(jac, 0, 1)  # (K, b, ...) -> (b, K, ...)
+
+        def batch_jacobian(xb):
+            target = model_ref()
+            return compiled([v.value for v in target.trainable_variables],
+                            [v.value for v in target.non_trainable_variables], xb)
+    else:
+        def batch_jacobian(xb):
+            return autodiff.batch_jacobian(lambda t: _forward(model_ref(), logits_fn, t), xb)
 
     if cacheable:
         _JACOBIAN_FNS[model] = batch_jacobian

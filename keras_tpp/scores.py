@@ -19,8 +19,8 @@ output filter for channel masks.
 
 The model is only read: SynFlow writes |w| into the model's variables for its forward pass
 and puts the exact original values back (also when an error is raised). The gradient-based
-scores (SNIP, GraSP, SynFlow) need the TensorFlow backend; TensorFlow is imported when one
-of them runs, never when this module is imported.
+scores (SNIP, GraSP, SynFlow) differentiate through :mod:`keras_tpp.autodiff` (TensorFlow
+or JAX backend); a ``tf.data.Dataset`` as data needs TensorFlow installed.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tpp import filters, selection
+from keras_tpp import autodiff, filters, selection
 from keras_tpp.sparsity.masks import _top_k, kept_count
 
 Scores = dict[str, np.ndarray]
@@ -106,7 +106,7 @@ def snip(
     """SNIP connection sensitivity S = |g ⊙ w|, g = ∂L/∂w, L the mean loss over the examples.
 
     Args:
-        model: a built Keras model (TensorFlow backend).
+        model: a built Keras model.
         x: inputs, shape (B, *input_shape) (or the model's input structure), or a
             ``tf.data.Dataset`` of ``(x, y)`` batches (then ``y`` is None).
         y: targets, shape (B, ...), e.g. integer labels (B,).
@@ -165,7 +165,7 @@ def grasp(
     ``exclude`` select, so a layer's scores do not depend on which others are returned.
 
     Args:
-        model: a built Keras model that outputs logits (TensorFlow backend).
+        model: a built Keras model that outputs logits.
         x: inputs (B, *input_shape), or a ``tf.data.Dataset`` of ``(x, y)`` batches.
         y: targets (B, ...), e.g. integer labels; None with a dataset.
         temperature: T > 0, the model's outputs are divided by it before the loss (200).
@@ -266,7 +266,7 @@ def synflow(model: keras.Model, masks: Mapping[str, np.ndarray] | None = None,
     an overflow even there is a ValueError.
 
     Args:
-        model: a built Keras model whose inputs have fully known shapes (TensorFlow backend).
+        model: a built Keras model whose inputs have fully known shapes.
         masks: optional {layer path: bool array of the kernel's shape}; False positions are
             zero in the flow network (and score 0).
         layers: fnmatch pattern(s) choosing producers (default: all of them).
@@ -277,9 +277,10 @@ def synflow(model: keras.Model, masks: Mapping[str, np.ndarray] | None = None,
     """
     refs = selection.weight_layers(model, layers, exclude)
     _check_masks(masks, refs)
-    flow_model, flow_refs = _float64_flow_model(model, layers, exclude)
-    with _FlowNetwork(flow_model, flow_refs) as flow:
-        return flow.scores(masks)
+    with autodiff.float64_scope():
+        flow_model, flow_refs = _float64_flow_model(model, layers, exclude)
+        with _FlowNetwork(flow_model, flow_refs) as flow:
+            return flow.scores(masks)
 
 
 def synflow_masks(model: keras.Model, density: float, rounds: int = 100,
@@ -316,11 +317,12 @@ def synflow_masks(model: keras.Model, density: float, rounds: int = 100,
                               if masks is None or ref.path_str not in masks
                               else np.asarray(masks[ref.path_str], bool).copy())
                for ref in refs}
-    flow_model, flow_refs = _float64_flow_model(model, layers, exclude)
-    with _FlowNetwork(flow_model, flow_refs) as flow:
-        for k in range(1, rounds + 1):
-            scores = flow.scores(current)
-            current = top_masks(scores, density ** (k / rounds), masks=current)
+    with autodiff.float64_scope():
+        flow_model, flow_refs = _float64_flow_model(model, layers, exclude)
+        with _FlowNetwork(flow_model, flow_refs) as flow:
+            for k in range(1, rounds + 1):
+                scores = flow.scores(current)
+                current = top_masks(scores, density ** (k / rounds), masks=current)
     return current
 
 
@@ -429,21 +431,29 @@ def _ends_in_softmax(model: keras.Model) -> bool:
     return ends(model)
 
 
-def _require_tensorflow(what: str):
+def _require_autodiff(what: str) -> None:
+    """NotImplementedError unless :mod:`keras_tpp.autodiff` supports the current backend."""
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in autodiff.SUPPORTED_BACKENDS:
         raise NotImplementedError(
-            f"{what} needs gradients through the TensorFlow backend; the current Keras "
-            f"backend is {backend!r}.")
-    import tensorflow as tf
+            f"{what} needs gradients, implemented for the "
+            f"{', '.join(autodiff.SUPPORTED_BACKENDS)} backends; the current Keras backend "
+            f"is {backend!r}.")
 
-    return tf
+
+def _is_tf_dataset(x: Any) -> bool:
+    """Whether ``x`` is a tf.data.Dataset (without importing TensorFlow when it is not
+    loaded: then nothing can be one)."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(x, tf.data.Dataset)
 
 
 def _batches(what: str, x: Any, y: Any, batch_size: int | None,
              steps: int | None) -> Iterator[tuple[Any, Any]]:
     """(x, y) batches from arrays or a tf.data.Dataset of (x, y) elements (checked first)."""
-    tf = _require_tensorflow(what)
+    _require_autodiff(what)
     if x is None:
         raise ValueError(
             f"{what} is a data-dependent score: pass x and y (arrays, e.g. 10 examples per "
@@ -451,7 +461,7 @@ def _batches(what: str, x: Any, y: Any, batch_size: int | None,
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
-    if isinstance(x, tf.data.Dataset):
+    if _is_tf_dataset(x):
         if y is not None:
             raise ValueError(f"{what}: pass y=None with a dataset (it yields (x, y) batches).")
         if batch_size is not None:
@@ -477,7 +487,11 @@ def _dataset_batches(what: str, dataset: Any, steps: int | None) -> Iterator[tup
         if not isinstance(element, (tuple, list)) or len(element) != 2:
             raise ValueError(f"{what}: the dataset must yield (x, y) pairs, got an element "
                              f"with structure {keras.tree.map_structure(lambda _: '.', element)}.")
-        yield element[0], element[1]
+        if keras.backend.backend() == "tensorflow":
+            yield element[0], element[1]
+        else:  # tf.data yields TensorFlow tensors: hand NumPy arrays to the other backends
+            yield (keras.tree.map_structure(np.asarray, element[0]),
+                   keras.tree.map_structure(np.asarray, element[1]))
         count += 1
         if steps is not None and count >= steps:
             return
@@ -527,16 +541,13 @@ def _forward_loss(model, loss_fn, xb, yb, temperature: float, training: bool):
 def _mean_gradients(model, batches: Iterable[tuple[Any, Any]], variables: list,
                     loss_fn, temperature: float, training: bool) -> list[np.ndarray]:
     """Σ_b n_b ∇L_b / Σ_b n_b over the batches, as numpy arrays."""
-    tf = _require_tensorflow("the gradient scores")
+    _require_autodiff("the gradient scores")
     total, sums = 0, None
     for xb, yb in batches:
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch([v.value for v in variables])
-            value = _forward_loss(model, loss_fn, xb, yb, temperature, training)
-        grads = tape.gradient(value, [v.value for v in variables],
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        _, grads = autodiff.value_and_grad(
+            lambda: _forward_loss(model, loss_fn, xb, yb, temperature, training), variables)
         n = _num_examples(yb)
-        grads = [np.asarray(g.numpy(), dtype=np.float64) * n for g in grads]
+        grads = [np.asarray(g, dtype=np.float64) * n for g in grads]
         sums = grads if sums is None else [s + g for s, g in zip(sums, grads)]
         total += n
     return [(s / total).astype(_kernel_dtype(v)) for s, v in zip(sums, variables)]
@@ -546,22 +557,13 @@ def _mean_hessian_products(model, batches: Iterable[tuple[Any, Any]], variables:
                            temperature: float, training: bool,
                            g: list[np.ndarray]) -> list[np.ndarray]:
     """Σ_b n_b H_b g / Σ_b n_b with H_b g = ∇_w(gᵀ ∇_w L_b), g held constant."""
-    tf = _require_tensorflow("grasp")
-    constants = [tf.constant(v) for v in g]
-    values = [v.value for v in variables]
+    _require_autodiff("grasp")
     total, sums = 0, None
     for xb, yb in batches:
-        with tf.GradientTape(watch_accessed_variables=False) as outer:
-            outer.watch(values)
-            with tf.GradientTape(watch_accessed_variables=False) as inner:
-                inner.watch(values)
-                value = _forward_loss(model, loss_fn, xb, yb, temperature, training)
-            grads = inner.gradient(value, values,
-                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            product = tf.add_n([tf.reduce_sum(c * gr) for c, gr in zip(constants, grads)])
-        hg = outer.gradient(product, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        hg = autodiff.hessian_vector_product(
+            lambda: _forward_loss(model, loss_fn, xb, yb, temperature, training), variables, g)
         n = _num_examples(yb)
-        hg = [np.asarray(h.numpy(), dtype=np.float64) * n for h in hg]
+        hg = [np.asarray(h, dtype=np.float64) * n for h in hg]
         sums = hg if sums is None else [s + h for s, h in zip(sums, hg)]
         total += n
     return [(s / total).astype(_kernel_dtype(v)) for s, v in zip(sums, variables)]
@@ -678,7 +680,7 @@ class _FlowNetwork:
     def __init__(self, model: keras.Model, refs: list) -> None:
         from keras_tpp.graph import iter_layers
 
-        self._tf = _require_tensorflow("synflow")
+        _require_autodiff("synflow")
         self.model = model
         self.refs = refs
         leaves = list(iter_layers(model))
@@ -740,26 +742,25 @@ class _FlowNetwork:
 
     def scores(self, masks: Mapping[str, np.ndarray] | None) -> Scores:
         """|w ⊙ ∂R/∂w| of the selected kernels with the masked positions at zero."""
-        tf = self._tf
         for ref, kernel, value in zip(self.refs, self.kernels, self._abs_kernels):
             if masks is not None and ref.path_str in masks:
                 value = np.where(np.asarray(masks[ref.path_str], bool), value,
                                  np.zeros_like(value))
             kernel.assign(value)
-        values = [k.value for k in self.kernels]
-        inputs = [tf.constant(a) for a in self.inputs]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(values)
+        inputs = [ops.convert_to_tensor(a) for a in self.inputs]
+
+        def total_flow() -> Any:
             outputs = self.model(inputs if len(inputs) > 1 else inputs[0], training=False)
-            flow = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float64))
-                             for o in keras.tree.flatten(outputs)])
-        grads = tape.gradient(flow, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        if not np.isfinite(float(flow)) or not all(np.all(np.isfinite(g.numpy())) for g in grads):
+            return ops.sum(ops.stack([ops.sum(ops.cast(o, "float64"))
+                                      for o in keras.tree.flatten(outputs)]))
+
+        flow, grads = autodiff.value_and_grad(total_flow, self.kernels)
+        if not np.isfinite(float(flow)) or not all(np.all(np.isfinite(g)) for g in grads):
             raise ValueError(
                 f"SynFlow's flow R = {float(flow)} overflowed the model's dtype "
                 f"({keras.backend.standardize_dtype(self.kernels[0].dtype)}): the products of "
                 f"|w| along paths are too large. Build the model in float64.")
-        return {ref.path_str: np.abs(_value(k) * g.numpy())
+        return {ref.path_str: np.abs(_value(k) * g)
                 for ref, k, g in zip(self.refs, self.kernels, grads)}
 
 

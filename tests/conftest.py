@@ -1,4 +1,10 @@
-"""Shared test setup: quiet TensorFlow, two logical CPU devices, deterministic seeds."""
+"""Shared test setup: quiet TensorFlow, two logical CPU devices, deterministic seeds.
+
+The Keras backend is ``KERAS_BACKEND`` (default: tensorflow). Tests marked ``tf_only``
+(``@pytest.mark.tf_only(reason="...")`` or ``pytestmark`` for a whole file) are skipped with
+their reason on any other backend, e.g. ``KERAS_BACKEND=jax python -m pytest -m "not tf_only"``;
+tests marked ``float64`` are skipped on JAX unless ``JAX_ENABLE_X64=1``.
+"""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,6 +24,32 @@ except RuntimeError:  # already initialized (e.g. imported twice)
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+
+def _jax_x64() -> bool:
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``tf_only`` tests, with their reason, when the Keras backend is not TensorFlow,
+    and ``float64`` tests on JAX without x64 (JAX truncates float64 to float32)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    x64 = backend != "jax" or _jax_x64()
+    for item in items:
+        if not x64 and item.get_closest_marker("float64") is not None:
+            item.add_marker(pytest.mark.skip(
+                reason="float64: JAX computes in float32 unless JAX_ENABLE_X64=1"))
+        marker = item.get_closest_marker("tf_only")
+        if marker is None:
+            continue
+        reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else
+                                                 "needs TensorFlow")
+        item.add_marker(pytest.mark.skip(
+            reason=f"tf_only on the {backend} backend: {reason}"))
 
 
 @pytest.fixture(autouse=True)

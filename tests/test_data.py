@@ -19,6 +19,8 @@ from keras_tpp.data import (
     synthetic_shapes,
 )
 
+pytestmark = pytest.mark.tf_only(reason="tf.data / tfds input pipelines")
+
 # A real MNIST copy, if this machine has one (Keras' own location, or KERAS_HOME).
 SHARED_MNIST = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
 

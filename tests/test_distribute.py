@@ -12,6 +12,8 @@ import sys
 import numpy as np
 from multiworker import run_workers
 
+pytestmark = pytest.mark.tf_only(reason="tf.distribute strategies and the multi-worker trainer")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 16
 NUM_EXAMPLES = 64  # 4 global steps per epoch

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from multiworker import run_workers
 
+pytestmark = pytest.mark.tf_only(reason="the example scripts feed tf.data pipelines")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
 SHARED_MNIST = os.environ.get(  # the shared MNIST beside the checkout, as in CI

@@ -12,6 +12,8 @@ import pytest
 
 from keras_tpp.experiments import atomic, backup, history
 
+pytestmark = pytest.mark.tf_only(reason="the experiments runner's stages use tf.data and tf.distribute")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

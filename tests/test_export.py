@@ -12,6 +12,8 @@ import keras_tpp
 from keras_tpp import deployment, models
 from keras_tpp.sparsity import magnitude_masks
 
+pytestmark = pytest.mark.tf_only(reason="TFLite / SavedModel export")
+
 L = keras.layers
 
 

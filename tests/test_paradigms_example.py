@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.tf_only(reason="the paradigms script trains GMP/GraNet and feeds tf.data")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "paradigms.py")
 TIMEOUT = 300

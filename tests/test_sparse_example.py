@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.tf_only(reason="sparse training (SparseTrainingCallback) and tf.data")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "sparse_training.py")
 TIMEOUT = 300

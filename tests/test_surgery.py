@@ -403,6 +403,7 @@ def test_thin_model_saves_reloads_and_trains(tmp_path):
     assert np.isfinite(loss)
 
 
+@pytest.mark.tf_only(reason="TFLite export")
 def test_thin_model_exports_smaller(tmp_path):
     import warnings
 

@@ -78,6 +78,7 @@ def test_masked_weights_stay_zero_through_training_saving_and_strip(tmp_path):
         keras_tpp.shrink(loaded)
 
 
+@pytest.mark.tf_only(reason="tf.distribute.MirroredStrategy")
 def test_weight_masks_agree_across_replicas():
     import tensorflow as tf
 

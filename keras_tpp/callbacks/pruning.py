@@ -28,10 +28,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_tpp import controllers, methods
+from keras_tpp import controllers, keras_internals, methods
 from keras_tpp.callbacks.divergence import DivergenceGuard
 from keras_tpp.callbacks.penalty_log import PenaltyLogger
 from keras_tpp.penalty_schedule import PHASE_NAMES, PRUNED, PenaltySchedule
+from keras_tpp.prepared import hold_masks_in_train_step
 from keras_tpp.validation import non_negative_int
 from keras_tpp.wrappers import PruningWrapper, find_wrappers
 
@@ -236,6 +237,8 @@ class PruningCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._optimizer()
         self.controller = self._build_controller()
+        if hold_masks_in_train_step(self.model):  # JAX: masks applied after each update
+            self.model.make_train_function(force=True)
         self._step = -1
         self._phase = -1
         self._eta = None
@@ -248,9 +251,12 @@ class PruningCallback(keras.callbacks.Callback):
         self.guard.new_epoch()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        keras_internals.sync_training_state(self.model)  # JAX: variables hold the state
         self._sync()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # JAX: bring the training state into the variables (and our writes back into it).
+        keras_internals.sync_training_state(self.model)
         # Before the schedule may zero (non-finite) weights.
         step = self._iteration()
         self.guard.after_batch(self.model, self.wrappers, step, logs, self._lambda)
@@ -259,10 +265,12 @@ class PruningCallback(keras.callbacks.Callback):
         self._log(logs)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        keras_internals.sync_training_state(self.model)
         self.penalty.update(self.wrappers, self._step, force=True)
         self._log(logs)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        keras_internals.sync_training_state(self.model)
         self._sync()
         if self.controller.enforced():
             # The constraints already hold pruned weights at zero; make it exact on exit.

@@ -85,7 +85,12 @@ class SparseTrainingCallback(keras.callbacks.Callback):
         if keras.backend.backend() != "tensorflow":
             raise ValueError(
                 "SparseTrainingCallback runs on the TensorFlow backend in this version of "
-                f"keras_tpp (the backend is '{keras.backend.backend()}').")
+                f"keras_tpp (the backend is '{keras.backend.backend()}'): its optimizer hook "
+                "(zero the optimizer slots of masked weights and keep the dense gradient for "
+                "regrowth, inside the optimizer's update_step) writes variables that JAX's "
+                "stateless optimizer update (optimizer.stateless_apply) does not return. "
+                "Fixed masks (prepare(..., method='magnitude'), pruning at initialization, "
+                "lottery rounds) train on JAX with keras_tpp.PruningCallback.")
         if getattr(self.model, "optimizer", None) is None:
             raise ValueError("SparseTrainingCallback needs a compiled model: call "
                              "model.compile() first.")
