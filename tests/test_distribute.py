@@ -10,6 +10,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 from multiworker import run_workers
 
 pytestmark = pytest.mark.tf_only(reason="tf.distribute strategies and the multi-worker trainer")
