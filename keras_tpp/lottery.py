@@ -645,6 +645,9 @@ def resume_schedule(pmodel: keras.Model) -> int:
         >>> lottery.resume_schedule(pmodel)   # the schedule goes on from k
         500
     """
+    if not isinstance(pmodel, keras.Model):
+        raise ValueError(f"resume_schedule needs a compiled keras.Model, got "
+                         f"{type(pmodel).__name__}.")
     optimizer = getattr(pmodel, "optimizer", None)
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError(f"Model '{pmodel.name}' is not compiled: compile it with a fresh "

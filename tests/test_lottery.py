@@ -456,3 +456,5 @@ def test_resume_schedule_continues_the_learning_rate_from_the_rewind_step():
     assert int(keras.ops.convert_to_numpy(pmodel.optimizer.iterations)) == 6
     with pytest.raises(ValueError, match="not compiled"):
         lottery.resume_schedule(_model())
+    with pytest.raises(ValueError, match="keras.Model"):
+        lottery.resume_schedule("pmodel")

@@ -273,6 +273,8 @@ def test_layernorm_is_unprunable_by_default_with_its_reason():
 
 def test_layernorm_opt_in_slices_gamma_beta_and_renormalizes():
     model = _layernorm_model()
+    with pytest.raises(ValueError, match="allow_renormalization must be True or False"):
+        keras_tpp.prepare(model, 0.5, allow_renormalization="yes")
     graph = DependencyGraph(model, allow_renormalization=True)
     assert graph.group_of("d1").prunable
     assert [r.name for r in graph.group_of("d1").renormalized] == ["ln"]

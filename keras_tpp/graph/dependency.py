@@ -68,6 +68,9 @@ class DependencyGraph:
             raise ValueError(
                 f"on_unsupported must be 'raise', 'skip' or 'report', got {on_unsupported!r}."
             )
+        if not isinstance(allow_renormalization, bool):
+            raise ValueError(f"allow_renormalization must be True or False, got "
+                             f"{allow_renormalization!r}.")
         if not isinstance(model, keras.Model):
             raise UnsupportedModelError(f"Expected a keras.Model, got {type(model).__name__}.")
         self.model = model
