@@ -57,4 +57,4 @@ from keras_tpp.surgery import make_plan, prune, shrink, zero_channels
 from keras_tpp.workflow import prepare
 from keras_tpp.wrappers import PruningWrapper
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
