@@ -48,6 +48,10 @@ flags.DEFINE_integer("batch_size", 128, "Batch size of one training step.")
 flags.DEFINE_integer("steps", 10, "Training steps per timed block.")
 flags.DEFINE_integer("rounds", 5, "Timed blocks per model (alternating).")
 flags.DEFINE_float("pruning_ratio", 0.5, "Ratio of every pruned layer.")
+flags.DEFINE_bool("preset_2_31x", False,
+                  "--model resnet50: prune SPEC's 2.31× preset instead (conv1 and conv2 of "
+                  "every bottleneck, ratios 0.6/0.6/0.6/0.21 for conv2_x..conv5_x); "
+                  "overrides --layers and --pruning_ratio.")
 flags.DEFINE_float("step_size", 0.0, "η given to the wrappers (0 = unknown, as before "
                    "the pruning callback runs).")
 flags.DEFINE_bool("penalty_only", False, "Also time the penalties alone.")
@@ -82,7 +86,35 @@ def _build() -> tuple[keras.Model, str, int, int, str | None]:
     side = FLAGS.image_size or 64
     model = keras.applications.ResNet50(weights=None, input_shape=(side, side, 3),
                                         classifier_activation=None)
+    if FLAGS.preset_2_31x:
+        return model, "resnet50@2.31x", side, 1000, None
     return model, "resnet50", side, 1000, FLAGS.layers or None
+
+
+#: SPEC's 2.31× ResNet-50 preset: {layer pattern: pruning ratio}.
+RESNET50_2_31X = {
+    f"conv{stage}_*_{conv}_conv": ratio
+    for stage, ratio in ((2, 0.6), (3, 0.6), (4, 0.6), (5, 0.21))
+    for conv in (1, 2)
+}
+
+
+def _gram_macs(model: keras.Model) -> int:
+    """Multiply-adds of every gram term's value and gradient per step, as computed:
+    (3N − P)·P·K over the pruned rows, 3·N²·K for the whole W Wᵀ (N filters of K weights,
+    P pruned)."""
+    total = 0
+    for variable in model.weights:
+        for reg in getattr(variable.regularizer, "regularizers", []):
+            if not isinstance(reg, keras_tpp.penalties.GramPenalty):
+                continue
+            shape = tuple(variable.shape)
+            n = shape[reg.axis]
+            k = int(np.prod(shape)) // n
+            p = reg.num_pruned
+            full = n * n * k >= keras_tpp.penalties.PRUNED_ROWS_MIN_SIZE
+            total += (3 * n - p) * p * k if p is not None and full else 3 * n * n * k
+    return total
 
 
 def _penalty_time(model: keras.Model, repeats: int = 5) -> float:
@@ -120,7 +152,9 @@ def main(argv: list[str]) -> None:
     _compiled(plain)
     timed = {"plain": plain}
     for key in ("prepared", "prepared_full") if FLAGS.compare_full else ("prepared",):
-        model = keras_tpp.prepare(plain, FLAGS.pruning_ratio, layers=layers)
+        ratio = (RESNET50_2_31X if FLAGS.model == "resnet50" and FLAGS.preset_2_31x
+                 else FLAGS.pruning_ratio)
+        model = keras_tpp.prepare(plain, ratio, layers=layers)
         wrappers = keras_tpp.wrappers.find_wrappers(model)
         for wrapper in wrappers:
             wrapper.strength.assign(0.5)  # penalties on, as mid-schedule
@@ -154,6 +188,14 @@ def main(argv: list[str]) -> None:
     result["ratio"] = result["prepared_step_ms"] / result["plain_step_ms"]
     # The fastest block of each model is the least disturbed by other load on the machine.
     result["best_ratio"] = result["prepared_best_step_ms"] / result["plain_best_step_ms"]
+    # The ratio that multiply-add counts alone predict: a training step costs about 3× the
+    # forward MACs (forward, input gradients, weight gradients), and the gram terms add
+    # their own MACs whatever the batch size. Not a bound on time: the gram terms' large
+    # matmuls run nearer the CPU's peak than convolutions do.
+    step_macs = 3 * FLAGS.batch_size * keras_tpp.profile(plain)["macs"]
+    result["step_macs"] = int(step_macs)
+    result["gram_macs"] = int(_gram_macs(prepared))
+    result["mac_ratio"] = 1.0 + result["gram_macs"] / step_macs
     if FLAGS.compare_full:
         result["full_step_ms"] = 1000 * float(np.median(times["prepared_full"]))
         result["full_best_step_ms"] = 1000 * float(np.min(times["prepared_full"]))
@@ -167,6 +209,9 @@ def main(argv: list[str]) -> None:
           f"{result['plain_step_ms']:.1f} ms/step, prepared {result['prepared_step_ms']:.1f} "
           f"ms/step, ratio {result['ratio']:.3f}; best-block ratio {result['best_ratio']:.3f}"
           + (f"; penalties alone {result['penalty_ms']:.1f} ms" if FLAGS.penalty_only else ""))
+    print(f"  gram terms {result['gram_macs'] / 1e9:.2f} G multiply-adds per step against "
+          f"{step_macs / 1e9:.1f} G for the plain step (3 × forward): ratio of MAC counts "
+          f"{result['mac_ratio']:.3f}")
     if FLAGS.compare_full:
         print(f"  whole W Wᵀ (before): median {result['full_step_ms']:.1f} ms/step, ratio "
               f"{result['full_ratio']:.3f}; best-block ratio {result['full_best_ratio']:.3f}"

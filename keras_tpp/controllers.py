@@ -140,16 +140,22 @@ class GRegController(Controller):
 
     def _pick(self) -> None:
         """GReg-2: choose each group's pruned filters by their magnitude after picking."""
-        for members in self.groups.values():
+        group_masks = {}
+        for group, members in self.groups.items():
             producers = [w for w in members if w.is_producer]
             if not producers:
                 continue
             scores = importance.group_l1_scores([w.layer for w in producers])
             count = producers[0].num_pruned
-            mask = importance.keep_mask(len(scores), importance.lowest(scores, count))
-            for wrapper in members:
-                # A batch norm behind a Concatenate carries several groups: left unpicked.
-                if wrapper.num_channels == len(mask):
+            group_masks[group] = importance.keep_mask(len(scores),
+                                                      importance.lowest(scores, count))
+            for wrapper in producers:
+                wrapper.keep_mask.assign(group_masks[group].astype("float32"))
+        # A batch norm takes its groups' masks at their offsets (behind a Concatenate, several).
+        for wrapper in self.wrappers:
+            if not wrapper.is_producer:
+                mask = wrapper.follow(group_masks)
+                if mask is not None:
                     wrapper.keep_mask.assign(mask.astype("float32"))
 
     def _picked(self) -> bool:

@@ -64,9 +64,9 @@ import numpy as np
 from keras_tpp import filters, importance, keras_internals
 from keras_tpp.callbacks.pruning import model_method
 from keras_tpp.experiments.atomic import atomic_write_bytes
-from keras_tpp.graph import DependencyGraph, iter_layers
+from keras_tpp.graph import iter_layers
 from keras_tpp.methods.lottery import Lottery, check_rate
-from keras_tpp.prepared import strip, wrappers_by_path
+from keras_tpp.prepared import wrappers_by_path
 from keras_tpp.sparsity.masks import kept_count, magnitude_masks
 from keras_tpp.validation import finite_float, non_negative_int
 from keras_tpp.wrappers import STATE_VARIABLES, PruningWrapper, find_wrappers
@@ -457,7 +457,7 @@ def _channel_units(wrappers: dict[str, PruningWrapper]) -> list[_Unit]:
     return units
 
 
-def _channel_masks(pmodel: keras.Model, wrappers: dict[str, PruningWrapper],
+def _channel_masks(wrappers: dict[str, PruningWrapper],
                    units: list[_Unit], rate: float) -> dict[str, np.ndarray]:
     """New (N,) masks of every wrapper: each group keeps its ⌊(1 − rate)·kept⌋ remaining
     channels of the largest combined L1 norm (:func:`keras_tpp.importance.group_l1_scores`,
@@ -472,20 +472,11 @@ def _channel_masks(pmodel: keras.Model, wrappers: dict[str, PruningWrapper],
         mask = importance.keep_mask(unit.size, importance.lowest(scores, count))
         for path in unit.paths:
             new[path] = mask
-    norms = {path: w for path, w in wrappers.items() if not w.is_producer}
-    if norms:
-        graph = DependencyGraph(strip(pmodel), on_unsupported="report")
-        for group in graph.groups:
-            mask = new.get(group.producers[0].path_str)
-            if mask is None:
-                continue
-            for slot in group.follower_slots:
-                path = slot.ref.path_str
-                if path in norms:
-                    norm_mask = new.setdefault(path, np.ones(norms[path].num_channels, bool))
-                    norm_mask[slot.offset:slot.offset + group.size] &= mask
-        for path, wrapper in norms.items():  # a norm no group reaches keeps its own mask
-            new.setdefault(path, _mask(wrapper))
+    group_masks = {wrappers[unit.paths[0]].group: new[unit.paths[0]] for unit in units}
+    for path, wrapper in wrappers.items():
+        if not wrapper.is_producer:  # a norm no group reaches keeps its own mask
+            followed = wrapper.follow(group_masks)
+            new[path] = _mask(wrapper) if followed is None else followed
     return new
 
 
@@ -587,7 +578,7 @@ def lottery_round(pmodel: keras.Model, snapshot: Snapshot,
     if all(unit.next_kept(rate) == unit.kept for unit in units):
         raise ValueError(_at_target(method))
     if method.granularity == "channel":
-        new = _channel_masks(pmodel, wrappers, units, rate)
+        new = _channel_masks(wrappers, units, rate)
         counted = {unit.paths[0]: new[unit.paths[0]] for unit in units}
     else:
         new = _weight_masks(method, wrappers, units, rate)

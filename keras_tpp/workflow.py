@@ -196,7 +196,10 @@ def prepare(
 
     # Producers get their group's mask. A batch norm gets one mask over all its channels:
     # behind a Concatenate it carries several groups, each at its offset.
+    # The norm records which groups it carries where (``segments``), for methods that
+    # choose masks later (GReg-2, lottery rounds).
     wrap: dict[int, tuple[_GroupPlan, np.ndarray]] = {}  # id(layer) -> (plan, keep-mask)
+    segments: dict[int, list[tuple[str, int, int]]] = {}  # id(norm) -> (group, offset, size)
     for plan in plans:
         for ref in plan.group.producers:
             wrap[id(ref.layer)] = (plan, plan.keep_mask)
@@ -207,6 +210,9 @@ def prepare(
             if id(norm) not in wrap:
                 wrap[id(norm)] = (plan, np.ones(int(norm.moving_mean.shape[0]), dtype=bool))
             wrap[id(norm)][1][slot.offset:slot.offset + plan.group.size] &= plan.keep_mask
+            segments.setdefault(id(norm), []).append(
+                (plan.group.producers[0].path_str, int(slot.offset), int(plan.group.size)))
+
     def make_wrapper(layer: keras.layers.Layer, copy: cloning.LayerCopier):
         entry = wrap.get(id(layer))
         if entry is None:
@@ -222,6 +228,7 @@ def prepare(
             l2_penalty=spec.l2 if producer else spec.norm_l2,
             num_pruned=int((~keep).sum()) if spec.selection != "deferred" else plan.num_pruned,
             group=plan.group.producers[0].path_str,
+            segments=None if producer else segments[id(layer)],
         ), keep
 
     pmodel = _clone_wrapped(model, make_wrapper)

@@ -25,7 +25,7 @@ unchanged: training overhead is only the penalties' cost.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -66,6 +66,9 @@ class PruningWrapper(keras.layers.Wrapper):
             γ and β of batch norms).
         num_pruned: how many channels the method removes (known before the mask for GReg-2).
         group: name of the channel group this layer belongs to.
+        segments: batch norms only: the channel groups whose channels this layer carries,
+            as ``[(group, offset, size), ...]`` (behind a Concatenate, several; channels of
+            no listed group are never pruned). None: all of them belong to ``group``.
         granularity: "channel" (``keep_mask`` has one entry per output channel) or
             "weight" (``keep_mask`` has the output kernel's shape: unstructured sparsity;
             the mask alone: ``gram_coefficient`` and ``l2_penalty`` are not used).
@@ -82,9 +85,11 @@ class PruningWrapper(keras.layers.Wrapper):
         gram_formulation: str = "bounded",
         method_options: dict | None = None,
         granularity: str = "channel",
+        segments: Sequence[Sequence[Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         granularity = one_of(granularity, "granularity", GRANULARITIES)
+        segments = _check_segments(segments, layer)
         gram_coefficient = finite_float(gram_coefficient, "gram_coefficient", minimum=0.0)
         gram_formulation = one_of(gram_formulation, "gram_formulation", GRAM_FORMULATIONS)
         num_pruned = non_negative_int(num_pruned, "num_pruned")
@@ -105,6 +110,7 @@ class PruningWrapper(keras.layers.Wrapper):
         self.l2_penalty = l2_penalty
         self.num_pruned = int(num_pruned)
         self.group = group or layer.name
+        self.segments = segments
         self.granularity = granularity
         if granularity == "weight" and not filters.is_producer(layer):
             raise ValueError(f"Weight-level masks apply to Conv/Dense kernels; layer "
@@ -124,6 +130,11 @@ class PruningWrapper(keras.layers.Wrapper):
     def build(self, input_shape: Any = None) -> None:
         if not self.layer.built:
             self.layer.build(input_shape)
+        for group, offset, size in self.segments or ():
+            if offset + size > self.num_channels:
+                raise ValueError(
+                    f"Segment ({group!r}, {offset}, {size}) of '{self.name}' ends past its "
+                    f"{self.num_channels} channels.")
         shape = ((self.num_channels,) if self.granularity == "channel"
                  else tuple(filters.output_kernel(self.layer).shape))
         self.keep_mask = self.add_weight(
@@ -225,8 +236,65 @@ class PruningWrapper(keras.layers.Wrapper):
             "l2_penalty": self.l2_penalty,
             "num_pruned": self.num_pruned,
             "group": self.group,
+            "segments": None if self.segments is None else [list(s) for s in self.segments],
         })
         return config
+
+    def channel_segments(self) -> list[tuple[str, int, int]]:
+        """The (group, offset, size) ranges of this layer's channels that channel groups own:
+        ``segments``, or the whole range for ``group``."""
+        if self.segments is not None:
+            return list(self.segments)
+        return [(self.group, 0, self.num_channels)]
+
+    def follow(self, group_masks: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """A batch norm's keep-mask from its groups' masks: each group's mask at its offset,
+        ones where no group in ``group_masks`` reaches. None if no group does.
+
+        Args:
+            group_masks: {group name: bool keep-mask of shape (group size,)}.
+        Returns:
+            bool array of shape (num_channels,), or None.
+        Raises:
+            ValueError: a group's mask does not fit its range (a model prepared before
+                keras-tpp 0.5 behind a Concatenate, without ``segments``).
+        """
+        mask = np.ones(self.num_channels, dtype=bool)
+        reached = False
+        for group, offset, size in self.channel_segments():
+            values = group_masks.get(group)
+            if values is None:
+                continue
+            if np.shape(values) != (size,):
+                raise ValueError(
+                    f"Batch norm '{self.name}' cannot follow group '{group}': its mask has "
+                    f"shape {np.shape(values)}, the norm's range for it {size} channels. A "
+                    "model prepared by keras-tpp before 0.5 does not record which groups a "
+                    "batch norm behind a Concatenate carries: prepare it again.")
+            mask[offset:offset + size] &= np.asarray(values, dtype=bool)
+            reached = True
+        return mask if reached else None
+
+
+def _check_segments(segments: Sequence[Sequence[Any]] | None,
+                    layer: keras.layers.Layer) -> list[tuple[str, int, int]] | None:
+    """``segments`` as a list of (str, int, int), or ValueError naming ``layer``."""
+    if segments is None:
+        return None
+    if not is_norm(layer):
+        raise ValueError(f"segments apply to batch norms only; layer '{layer.name}' is a "
+                         f"{type(layer).__name__}.")
+    checked = []
+    for segment in segments:
+        ok = (isinstance(segment, (list, tuple)) and len(segment) == 3
+              and isinstance(segment[0], str)
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in segment[1:])
+              and segment[1] >= 0 and segment[2] > 0)
+        if not ok:
+            raise ValueError(f"segments of '{layer.name}' must be (group name, offset >= 0, "
+                             f"size > 0) triples, got {segment!r}.")
+        checked.append((segment[0], int(segment[1]), int(segment[2])))
+    return checked
 
 
 #: Names of the pruning-state variables a PruningWrapper owns (``mask_updated_at``: weight-level

@@ -174,3 +174,34 @@ def test_every_method_shrinks_exactly(method):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(thin(x, training=False)), expected,
                                atol=1e-5 * np.abs(expected).max())
     assert keras_tpp.profile(thin)["params"] < keras_tpp.profile(model)["params"]
+
+
+def test_greg2_picks_the_masks_of_a_batch_norm_behind_a_concatenate():
+    """A batch norm carrying two groups (behind a Concatenate) takes both groups' picked
+    masks at their offsets, and the thin model equals the masked one."""
+    inputs = keras.Input((16, 16, 3))
+    a = keras.layers.Conv2D(6, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(inputs)
+    x = keras.layers.Concatenate(name="cat")([a, b])
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    pmodel = keras_tpp.prepare(model, {"a": 0.5, "b": 0.5},
+                               method=keras_tpp.methods.GReg2(pick_delta=0.01, pick_ceiling=0.02))
+    assert find_wrappers(pmodel)[-1].segments == [("a", 0, 6), ("b", 6, 4)]
+    x, y = _images(32)
+    cb = keras_tpp.PruningCallback(delta=0.5, interval=2, ceiling=1.0, stabilize_steps=2)
+    history = _fit(pmodel, x, y, cb, epochs=6)
+    assert history.history[PHASE_KEY][-1] == PRUNED
+    masks = keras_tpp.get_masks(pmodel, include_norms=True)
+    assert [int((~masks[name]).sum()) for name in ("a", "b")] == [3, 2]
+    np.testing.assert_array_equal(masks["bn"], np.concatenate([masks["a"], masks["b"]]))
+    bn = pmodel.get_layer("bn").layer
+    assert not np.any(keras.ops.convert_to_numpy(bn.gamma)[~masks["bn"]])
+    keras_tpp.apply_masks(pmodel)
+    thin = keras_tpp.shrink(pmodel)
+    assert thin.get_layer("bn").gamma.shape[0] == 5
+    expected = keras.ops.convert_to_numpy(pmodel(x[:4], training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(thin(x[:4], training=False)),
+                               expected, atol=1e-5 * np.abs(expected).max())
