@@ -20,6 +20,7 @@ from keras_tpp import (
     filters,
     graph,
     importance,
+    latency,
     layer_roles,
     lottery,
     lr_schedules,
@@ -46,6 +47,7 @@ from keras_tpp.coverage_report import CoverageReport, CoverageWarning, GroupCove
 from keras_tpp.deployment import ExportCheckError, ExportReport, export
 from keras_tpp.folding import fold_batchnorm
 from keras_tpp.graph import DependencyGraph, UnsupportedModelError
+from keras_tpp.latency import LatencyTable, latency_ratios, latency_table
 from keras_tpp.lottery import RewindPoint, lottery_round
 from keras_tpp.methods import METHODS
 from keras_tpp.orthp import orthp

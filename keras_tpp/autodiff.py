@@ -6,18 +6,23 @@ implemented per Keras backend and chosen by ``keras.backend.backend()``:
 
 - :func:`value_and_grad`: a scalar function of Keras variables and its gradients w.r.t. them
   (TensorFlow: ``tf.GradientTape``; JAX: ``jax.value_and_grad`` of the function made pure
-  with a ``keras.StatelessScope``);
-- :func:`hessian_vector_product`: ∇_w (vᵀ ∇_w f) with v held constant (GraSP's H g);
+  with a ``keras.StatelessScope``; PyTorch: ``torch.autograd.grad`` w.r.t. fresh leaf
+  tensors mapped to the variables by a ``keras.StatelessScope``);
+- :func:`hessian_vector_product`: ∇_w (vᵀ ∇_w f) with v held constant (GraSP's H g;
+  PyTorch: a first ``torch.autograd.grad`` with ``create_graph=True``, then a second);
 - :func:`batch_jacobian`: per-example Jacobians ∂f(x)_b/∂x_b of a function of a batch
   whose examples are independent (TensorFlow: ``tape.batch_jacobian``; JAX: ``jax.jacrev``
-  of the batch sum);
+  of the batch sum; PyTorch: one ``torch.autograd.grad`` of the batch sum per output entry);
 - :func:`float64_scope`: a context in which float64 variables and tensors really are
-  float64 (JAX truncates to float32 unless x64 is enabled; a no-op elsewhere);
+  float64 (JAX truncates to float32 unless x64 is enabled; a no-op elsewhere. On PyTorch
+  float64 tensors are float64, but Keras' torch matmul and mean compute them in float32:
+  ``keras.backend.result_type`` maps float64 to float32 on every backend but TensorFlow);
 - :func:`compiled`: a function of Keras variables compiled once, reading their current values
-  at every call (TensorFlow: ``tf.function``; JAX: ``jax.jit`` of the function made pure).
+  at every call (TensorFlow: ``tf.function``; JAX: ``jax.jit`` of the function made pure;
+  PyTorch: the function itself, run eagerly without recording gradients).
 
-A PyTorch implementation (``torch.autograd``) would add one branch per function; it is not
-written yet, so the other backends get a NotImplementedError naming the backend.
+Other backends (Keras' numpy and openvino backends) get a NotImplementedError naming the
+backend.
 
 Results are NumPy arrays. Framework modules are imported inside the functions, never at
 import of this module.
@@ -38,7 +43,7 @@ __all__ = ["SUPPORTED_BACKENDS", "batch_jacobian", "compiled", "float64_scope",
            "hessian_vector_product", "value_and_grad"]
 
 #: Backends with an implementation of every function here.
-SUPPORTED_BACKENDS = ("tensorflow", "jax")
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def _backend(what: str) -> str:
@@ -61,7 +66,7 @@ def value_and_grad(fn: Callable[[], Any],
 
     ``fn`` takes no argument and reads the variables (e.g. calls a model). Its side effects
     on variables (BatchNormalization's moving statistics in training mode) take place on
-    TensorFlow and are discarded on JAX; callers that need them undone restore
+    TensorFlow and are discarded on JAX and PyTorch; callers that need them undone restore
     the variables themselves. A variable ``fn`` does not depend on gets a zero gradient.
 
     Args:
@@ -85,6 +90,14 @@ def value_and_grad(fn: Callable[[], Any],
             value = fn()
         grads = tape.gradient(value, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return _numpy(value), [_numpy(g) for g in grads]
+    if backend == "torch":
+        import torch
+
+        leaves = _torch_leaves(variables)
+        with torch.enable_grad(), keras.StatelessScope(
+                state_mapping=list(zip(variables, leaves))):
+            value = keras.ops.convert_to_tensor(fn())
+        return _numpy(value.detach()), _torch_grads(value, leaves, create_graph=False)
     import jax
 
     value, grads = jax.value_and_grad(_pure(fn, variables))([v.value for v in variables])
@@ -125,6 +138,21 @@ def hessian_vector_product(fn: Callable[[], Any], variables: Sequence[keras.Vari
             grads = inner.gradient(value, values, unconnected_gradients=zero)
             product = tf.add_n([tf.reduce_sum(c * g) for c, g in zip(constants, grads)])
         return [_numpy(h) for h in outer.gradient(product, values, unconnected_gradients=zero)]
+    if backend == "torch":
+        import torch
+
+        leaves = _torch_leaves(variables)
+        with torch.enable_grad(), keras.StatelessScope(
+                state_mapping=list(zip(variables, leaves))):
+            value = keras.ops.convert_to_tensor(fn())
+            grads = (torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
+                     if value.requires_grad else [None] * len(leaves))
+            terms = [torch.sum(torch.as_tensor(np.asarray(c), dtype=g.dtype, device=g.device) * g)
+                     for c, g in zip(vectors, grads) if g is not None and g.requires_grad]
+            product = torch.stack(terms).sum() if terms else None
+        if product is None:  # f is at most linear in the variables: H v = 0
+            return [np.zeros_like(_numpy(leaf.detach())) for leaf in leaves]
+        return _torch_grads(product, leaves, create_graph=False)
     import jax
     import jax.numpy as jnp
 
@@ -164,6 +192,18 @@ def batch_jacobian(fn: Callable[[Any], Any], x: Any) -> np.ndarray:
             tape.watch(xb)
             out = fn(xb)
         return _numpy(tape.batch_jacobian(out, xb, experimental_use_pfor=False))
+    if backend == "torch":
+        import torch
+
+        xb = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = torch.sum(fn(xb), dim=0)  # (K,): row k = Σ_b out[b, k]
+        rows = []
+        for k in range(total.shape[0]):
+            (row,) = torch.autograd.grad(total[k], xb, retain_graph=k + 1 < total.shape[0],
+                                         allow_unused=True)
+            rows.append(_numpy(torch.zeros_like(xb) if row is None else row))
+        return np.stack(rows, axis=1)  # (b, K, ...)
     import jax
     import jax.numpy as jnp
 
@@ -177,7 +217,8 @@ def float64_scope() -> Iterator[None]:
     """A context in which float64 Keras variables and tensors are really float64.
 
     JAX stores float64 as float32 unless its x64 mode is on: this enables it for the
-    duration (variables created inside keep their dtype afterwards). Other backends: no-op.
+    duration (variables created inside keep their dtype afterwards). Other backends: no-op
+    (PyTorch keeps float64 tensors, though Keras' torch matmul and mean run in float32).
 
     Example:
         >>> with float64_scope():
@@ -197,6 +238,8 @@ def compiled(fn: Callable[[], Any], variables: Sequence[keras.Variable]) -> Call
 
     Eager evaluation of many small ops is slow on TensorFlow (one dispatch per op) and very
     slow on JAX (``ops.cond`` and friends compile their branches at every eager call).
+    PyTorch: ``fn`` runs eagerly under ``torch.no_grad()`` (no graph is recorded; use
+    :func:`value_and_grad` for gradients).
 
     Args:
         fn: ``() -> tensor`` that reads only ``variables`` (and constants).
@@ -221,7 +264,34 @@ def compiled(fn: Callable[[], Any], variables: Sequence[keras.Variable]) -> Call
         variables = list(variables)
         jitted = jax.jit(_pure(fn, variables))
         return lambda: jitted([v.value for v in variables])
+    if backend == "torch":
+        import torch
+
+        def run() -> Any:
+            with torch.no_grad():
+                return fn()
+
+        return run
     return fn
+
+
+def _torch_leaves(variables: list) -> list:
+    """PyTorch: a detached copy of each variable's value that requires a gradient (a leaf of
+    its own, so that non-trainable variables and the model's Parameters are left alone)."""
+    return [keras.ops.convert_to_tensor(v.value).detach().clone().requires_grad_(True)
+            for v in variables]
+
+
+def _torch_grads(value: Any, leaves: list, create_graph: bool) -> list[np.ndarray]:
+    """PyTorch: ∂value/∂leaf of every leaf as NumPy arrays; zero where value does not
+    depend on the leaf."""
+    import torch
+
+    if not value.requires_grad:  # value does not depend on any leaf
+        return [np.zeros_like(_numpy(leaf.detach())) for leaf in leaves]
+    grads = torch.autograd.grad(value, leaves, create_graph=create_graph, allow_unused=True)
+    return [_numpy((torch.zeros_like(leaf) if g is None else g).detach())
+            for g, leaf in zip(grads, leaves)]
 
 
 def _pure(fn: Callable[[], Any], variables: list) -> Callable[[list], Any]:

@@ -73,6 +73,12 @@ class ExportReport:
 def _check_arguments(model: Any, format: str, quantize: Any, sparse: Any) -> None:
     if not isinstance(model, keras.Model):
         raise ValueError(f"export expects a keras.Model, got {type(model).__name__}.")
+    if keras.backend.backend() == "torch":
+        raise NotImplementedError(
+            f"export of model '{model.name}' converts it with TensorFlow (TFLite converter / "
+            "SavedModel), which cannot read a model of the PyTorch Keras backend: save it "
+            "(model.save('thin.keras')) and export the loaded file with "
+            "KERAS_BACKEND=tensorflow or jax.")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     if quantize not in QUANTIZATIONS:
@@ -206,6 +212,8 @@ def export(
     Raises:
         ValueError: bad arguments or an unsupported model (nothing written).
         ExportCheckError: outputs beyond :data:`TOLERANCES` (nothing left at ``path``).
+        NotImplementedError: on the PyTorch Keras backend (TensorFlow cannot convert its
+            models; export the saved ``.keras`` file from a TensorFlow or JAX session).
     """
     _check_arguments(model, format, quantize, sparse)
     source = _fold(model) if fold_batchnorm else model

@@ -343,3 +343,159 @@ def scaled_sum_classes() -> tuple[type, ...]:
     except ImportError:  # pragma: no cover - a future Keras layout
         return ()
     return (CustomScaleLayer,)
+
+
+# -- sparse training on JAX: state the optimizer update writes ------------------------------
+
+
+def after_train_step_with_optimizer(model: Any, hook: Callable[[], None]) -> bool:
+    """JAX: :func:`after_train_step` whose ``hook`` also sees the optimizer's variables.
+
+    Wraps ``model.train_step`` like :func:`after_train_step` (the same original step, the
+    same "inside a wrapped step" flag, so the mask constraints skip themselves inside
+    ``optimizer.stateless_apply``), and calls ``hook()`` after the optimizer update in a
+    StatelessScope that maps the trainable, non-trainable *and optimizer* variables
+    (``model.optimizer.variables``, the third part of ``JAXTrainer`` state) to their values
+    after the update; what ``hook`` assigns to any of them goes into the new training
+    state. It replaces the hook of :func:`after_train_step` (and vice versa): ``hook`` must
+    apply the masks itself. No-op returning False on other backends and when ``hook`` is
+    already installed (equal by ``==``).
+
+    Args:
+        model: a compiled Keras model trained with ``fit`` on JAX.
+        hook: ``() -> None``; reads give the post-update state, assignments are kept.
+
+    Returns:
+        True when the train step was wrapped now (the train function must be retraced).
+
+    Example:
+        >>> after_train_step_with_optimizer(model, lambda: slot.assign(slot * mask))
+        True
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    if getattr(model, "_keras_tpp_step_hook", None) == hook:
+        return False
+    original = getattr(model, "_keras_tpp_train_step", None)
+    if original is None:
+        original = model.train_step
+        model._keras_tpp_train_step = original
+
+    def train_step(state: Any, data: Any) -> Any:
+        token = _IN_WRAPPED_STEP.set(True)
+        try:
+            logs, state = original(state, data)
+        finally:
+            _IN_WRAPPED_STEP.reset(token)
+        trainable, non_trainable, optimizer_values, *rest = state
+        groups = (model.trainable_variables, model.non_trainable_variables,
+                  model.optimizer.variables)
+        values = (trainable, non_trainable, optimizer_values)
+        mapping = [pair for refs, vals in zip(groups, values) for pair in zip(refs, vals)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            hook()
+        new = [[scope.get_current_value(v) for v in refs] for refs in groups]
+        return logs, (*new, *rest)
+
+    model.train_step = train_step
+    model._keras_tpp_step_hook = hook
+    model.train_function = None
+    return True
+
+
+def add_unsaved_optimizer_variable(optimizer: Any, reference: Any, name: str) -> Any:
+    """A zero float32 variable of ``reference``'s shape in the optimizer's state, left out of
+    the optimizer's saved state.
+
+    On JAX the optimizer update (``optimizer.stateless_apply``) keeps what it writes only
+    to the optimizer's own variables, so a buffer written inside ``update_step`` (sparse
+    training's growth gradient) must be one (``BaseOptimizer.add_variable`` on the
+    LossScaleOptimizer's inner optimizer, whose variables the outer one lists). It is
+    training scratch, not state to resume: the instance's ``save_own_variables`` and
+    ``load_own_variables`` are wrapped to skip it, so a model saved during training loads
+    its optimizer state into a fresh optimizer (and the reverse).
+
+    Args:
+        optimizer: a built Keras optimizer (the compiled one; a LossScaleOptimizer too).
+        reference: a variable whose shape the buffer takes.
+        name: the buffer's name.
+
+    Returns:
+        The new variable.
+
+    Example:
+        >>> buffer = add_unsaved_optimizer_variable(model.optimizer, kernel, "grad_conv1")
+    """
+    inner = base_optimizer(optimizer)
+    variable = inner.add_variable(tuple(reference.shape), initializer="zeros",
+                                  dtype="float32", name=name)
+    remember = getattr(optimizer, "_keras_tpp_unsaved_add", None)
+    if remember is None:
+        unsaved: set[int] = set()  # ids (a set attribute would be copied by Keras' tracker)
+        remember = optimizer._keras_tpp_unsaved_add = unsaved.add
+
+        def saved() -> list:
+            return [v for v in optimizer.variables if id(v) not in unsaved]
+
+        def save_own_variables(store: Any) -> None:
+            for i, v in enumerate(saved()):
+                store[str(i)] = v.numpy()
+
+        def load_own_variables(store: Any) -> None:
+            variables = saved()
+            if len(store.keys()) != len(variables):  # the original's message and skip
+                return load_original(store)
+            for i, v in enumerate(variables):
+                v.assign(store[str(i)])
+
+        load_original = optimizer.load_own_variables
+        optimizer.save_own_variables = save_own_variables
+        optimizer.load_own_variables = load_own_variables
+    remember(id(variable))
+    return variable
+
+
+def after_variable_updates(optimizer: Any, hook: Any) -> bool:
+    """:func:`after_update_step` on every backend: ``hook(index, gradient)`` right after the
+    optimizer updates the trainable variable at ``index``, inside the train step.
+
+    On TensorFlow and JAX it is :func:`after_update_step` (the per-variable
+    ``update_step``). Keras' PyTorch optimizers (SGD, Adam, RMSprop... of
+    ``keras/src/backend/torch/optimizers``) update all variables at once in
+    ``_parallel_update_step`` and never call ``update_step``: there the instance's
+    ``_backend_update_step(grads, trainable_variables, learning_rate)`` (``BaseOptimizer``'s,
+    overridden by ``TorchParallelOptimizer``) is wrapped instead, and ``hook`` runs for
+    each variable after it (before the constraints, as on the other backends). A
+    LossScaleOptimizer's inner optimizer is the one wrapped, so skipped (non-finite) steps
+    never reach the hook. Installing another hook replaces the previous one.
+
+    Args:
+        optimizer: a Keras optimizer (built).
+        hook: ``(index, gradient) -> None``.
+
+    Returns:
+        True when the optimizer did not have this hook (equal by ``==``) before.
+
+    Example:
+        >>> after_variable_updates(optimizer, lambda i, g: buffers[i].assign(g))
+        True
+    """
+    if keras.backend.backend() != "torch":
+        return after_update_step(optimizer, hook)
+    optimizer = base_optimizer(optimizer)
+    original = getattr(optimizer, "_keras_tpp_backend_update_step", None)
+    if original is None:
+        original = optimizer._backend_update_step
+        optimizer._keras_tpp_backend_update_step = original
+    if getattr(optimizer, "_keras_tpp_hook", None) == hook:
+        return False
+
+    def backend_update_step(grads: Any, trainable_variables: Any, learning_rate: Any) -> Any:
+        result = original(grads, trainable_variables, learning_rate)
+        for gradient, variable in zip(grads, trainable_variables):
+            hook(variable_index(optimizer, variable), gradient)
+        return result
+
+    optimizer._backend_update_step = backend_update_step
+    optimizer._keras_tpp_hook = hook
+    return True

@@ -45,7 +45,8 @@ def jacobian_singular_values(
 
     J is computed with K vector–Jacobian products per batch (TensorFlow: a tf.while_loop of
     gradients in a tf.function; JAX: ``jax.jacrev`` of the batch sum, jit-compiled for Keras
-    models; see :mod:`keras_tpp.autodiff`), never with a D × D object. Examples must be
+    models; PyTorch: one ``torch.autograd.grad`` of the batch sum per output, eager; see
+    :mod:`keras_tpp.autodiff`), never with a D × D object. Examples must be
     independent (inference mode), which holds for ``training=False`` Keras models.
 
     Example:

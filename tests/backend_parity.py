@@ -6,7 +6,10 @@ Builds a small CNN with BatchNormalization and a residual Add, loads the initial
 from INITIAL.npz (``get_weights`` order, written by the test), and writes to OUT.npz:
 penalty values and gradients at a fixed λ, TPP / L1 / SNIP masks, GraSP scores, the λ and
 phase of every train step of a short TPP ``fit`` with its losses and final weights, the
-thin model's outputs (shrink after apply_masks) and the Jacobian singular values.
+thin model's outputs (shrink after apply_masks) and the Jacobian singular values; the
+random masks, the folded (BatchNormalization) and OrthP models' outputs, the thin model's
+profile, learning-rate schedule values, and the steps and final weights of a short GReg-1
+``fit``.
 """
 import os
 import sys
@@ -98,6 +101,18 @@ def main(initial: str, out: str) -> None:
     thin_trained = keras_tpp.shrink(pmodel)
     result["thin_trained_outputs"] = keras.ops.convert_to_numpy(thin_trained(x, training=False))
 
+    # GReg-1: the uniform L2 on the pruned filters grows in the same kind of short fit.
+    greg = keras_tpp.prepare(model_with(weights), 0.5, method="greg1", layers=["c1", "c2", "c4"])
+    greg.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    log = StepLog()
+    greg.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[
+        keras_tpp.PruningCallback(delta=0.1, interval=2, ceiling=0.3, stabilize_steps=4,
+                                  penalty_log_interval=0), log])
+    result["greg_schedule"] = np.array(log.rows, dtype=np.float64)
+    for i, w in enumerate(greg.get_weights()):
+        result[f"greg_trained/{i}"] = w
+
     # Shrink of the initial weights: exactly the same numbers on every backend.
     pmodel = keras_tpp.prepare(model_with(weights), 0.5, method="tpp", layers=["c1", "c2", "c4"])
     keras_tpp.apply_masks(pmodel)
@@ -108,11 +123,25 @@ def main(initial: str, out: str) -> None:
         keras_tpp.strip(pmodel)(x, training=False))
     jsv = keras_tpp.metrics.jacobian_singular_values(thin, x[:6], batch_size=4)
     result["jsv"] = jsv["singular_values"]
+    result["folded_outputs"] = keras.ops.convert_to_numpy(
+        keras_tpp.fold_batchnorm(thin)(x, training=False))
+    result["orthp_outputs"] = keras.ops.convert_to_numpy(
+        keras_tpp.orthp(thin, layers=["fc", "c4"])(x, training=False))
+    stats = keras_tpp.profile(thin)
+    result["profile"] = np.array([stats["params"], stats["macs"]])
+    steps = np.arange(0, 1300, 7)
+    result["lr"] = np.stack([
+        keras.ops.convert_to_numpy(schedule(s)) for s in steps for schedule in (
+            keras_tpp.lr_schedules.OneCycleLR(1000),
+            keras_tpp.lr_schedules.tpp_finetune_schedule(10))]).reshape(len(steps), 2)
 
     # Other selections: L1 (data-free) and the gradient scores (autodiff).
     l1 = keras_tpp.prepare(model_with(weights), 0.5, method="l1")
     for path, mask in keras_tpp.get_masks(l1).items():
         result[f"mask_l1/{path}"] = mask
+    rand = keras_tpp.prepare(model_with(weights), 0.5, method="random", seed=3)
+    for path, mask in keras_tpp.get_masks(rand).items():
+        result[f"mask_random/{path}"] = mask
     snip = keras_tpp.prepare(model_with(weights), 0.8, method="snip", data=(x, y))
     for path, mask in keras_tpp.get_masks(snip).items():
         result[f"mask_snip/{path}"] = mask

@@ -1,7 +1,9 @@
 """Reference gradients for the tests, independent of keras_tpp.autodiff.
 
 TensorFlow: ``tf.GradientTape`` on the variables' values; JAX: ``jax.grad`` of the model's
-``stateless_call`` w.r.t. its trainable variables.
+``stateless_call`` w.r.t. its trainable variables; PyTorch: ``torch.autograd.grad`` w.r.t.
+the variables' own ``torch.nn.Parameter``s (keras_tpp.autodiff differentiates w.r.t. copies
+mapped by a StatelessScope instead).
 """
 from typing import Any, Callable
 
@@ -23,6 +25,13 @@ def model_gradients(model: keras.Model, variables: list, x: Any,
         with tf.GradientTape() as tape:
             value = loss_of_outputs(model(x, training=False))
         return [g.numpy() for g in tape.gradient(value, [v.value for v in variables])]
+    if keras.backend.backend() == "torch":
+        import torch
+
+        params = [v.value for v in variables]
+        assert all(p.requires_grad for p in params), "trainable variables only"
+        value = loss_of_outputs(model(x, training=False))
+        return [g.detach().cpu().numpy() for g in torch.autograd.grad(value, params)]
     import jax
 
     trainable = list(model.trainable_variables)

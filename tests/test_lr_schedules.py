@@ -52,7 +52,12 @@ def ref_clr(step, n, peak=0.1):
 def values(schedule, steps):
     steps = np.asarray(steps)
     steps = steps.astype("int64" if steps.dtype.kind == "i" else "float32")
-    out = keras.ops.convert_to_numpy(schedule(steps))
+    if isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay):
+        # Keras' PiecewiseConstantDecay accumulates into a scalar in place: one step at a
+        # time on the torch backend (optimizers call it with a scalar step).
+        out = np.array([keras.ops.convert_to_numpy(schedule(s)) for s in steps])
+    else:
+        out = keras.ops.convert_to_numpy(schedule(steps))
     assert out.dtype == np.float32
     return out.astype(np.float64)
 

@@ -53,7 +53,7 @@ def _inputs(model, batch=2, seed=1):
 
 
 def _max_rel_diff(a, b):
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
 
 

@@ -78,7 +78,7 @@ def _zero_producers_only(model, plan):
 
 
 def _rel_diff(a, b):
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
 
 

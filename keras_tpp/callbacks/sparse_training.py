@@ -12,6 +12,12 @@ model). Inside the train step, after every optimizer update, the masked weights 
 (the kernels' constraint) and so are their optimizer slots, and the gradient is kept for
 regeneration (:mod:`keras_tpp.sparsity.optimizer_state`).
 
+Backends: TensorFlow, JAX and PyTorch, with the same masks and (to float32 rounding) the
+same weights (tests/test_sparse_training_backends.py). On JAX, whose ``fit`` keeps the
+training state outside the variables, the callback syncs the state before it reads or
+writes anything, and the masks and slots are zeroed by the train step right after the
+stateless optimizer update (:meth:`MaskedOptimizerState.hold_in_train_step`).
+
 Logs ``sparsity`` (fraction of the prunable weights masked) and ``regrow_rate`` (the
 regeneration rate r(t); 0 for GMP) at every batch and epoch: progress bar, History,
 CSVLogger, TensorBoard.
@@ -22,7 +28,7 @@ from typing import Any
 
 import keras
 
-from keras_tpp import methods
+from keras_tpp import keras_internals, methods
 from keras_tpp.callbacks.pruning import model_method
 from keras_tpp.prepared import wrappers_by_path
 from keras_tpp.sparsity.controller import MaskUpdate, SparseTrainingController
@@ -32,6 +38,8 @@ from keras_tpp.validation import non_negative_int
 
 SPARSITY_KEY = "sparsity"
 RATE_KEY = "regrow_rate"
+#: The Keras backends SparseTrainingCallback runs on.
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 class SparseTrainingCallback(keras.callbacks.Callback):
@@ -82,15 +90,13 @@ class SparseTrainingCallback(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(wrapper.train_steps.value))
 
     def _check_model(self) -> dict:
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() not in SUPPORTED_BACKENDS:
             raise ValueError(
-                "SparseTrainingCallback runs on the TensorFlow backend in this version of "
-                f"keras_tpp (the backend is '{keras.backend.backend()}'): its optimizer hook "
-                "(zero the optimizer slots of masked weights and keep the dense gradient for "
-                "regrowth, inside the optimizer's update_step) writes variables that JAX's "
-                "stateless optimizer update (optimizer.stateless_apply) does not return. "
-                "Fixed masks (prepare(..., method='magnitude'), pruning at initialization, "
-                "lottery rounds) train on JAX with keras_tpp.PruningCallback.")
+                "SparseTrainingCallback runs on the TensorFlow, JAX and PyTorch backends (the "
+                f"backend is '{keras.backend.backend()}'): it needs fit's train step, whose "
+                "optimizer update it hooks to zero the optimizer slots of masked weights and "
+                "keep the dense gradient for regrowth, and this backend has none (Keras' "
+                "numpy and OpenVINO backends do not train).")
         if getattr(self.model, "optimizer", None) is None:
             raise ValueError("SparseTrainingCallback needs a compiled model: call "
                              "model.compile() first.")
@@ -121,13 +127,18 @@ class SparseTrainingCallback(keras.callbacks.Callback):
         if not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         self.optimizer_state = MaskedOptimizerState.for_optimizer(optimizer, wrappers)
-        if self.optimizer_state.install(optimizer):
-            self.model.make_train_function(force=True)  # trace the step with the hook
+        changed = self.optimizer_state.install(optimizer)
+        # JAX: masks and slots zeroed after each update, in the train step (no-op elsewhere).
+        changed = self.optimizer_state.hold_in_train_step(self.model) or changed
+        if changed:
+            self.model.make_train_function(force=True)  # trace the step with the hooks
         self.controller.start()
         self.optimizer_state.zero_slots()
         self._sparsity = self.controller.sparsity()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # JAX: bring the training state into the variables (and our writes back into it).
+        keras_internals.sync_training_state(self.model)
         step = self._step()
         due = self.controller.pending(step)
         if due is not None:
@@ -144,9 +155,11 @@ class SparseTrainingCallback(keras.callbacks.Callback):
         self._log(logs)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        keras_internals.sync_training_state(self.model)
         self._log(logs)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        keras_internals.sync_training_state(self.model)
         for wrapper in self.controller.wrappers.values():  # exact zeros on exit
             wrapper.zero_pruned()
 

@@ -13,6 +13,19 @@ optimizer has updated a masked kernel:
 (:func:`keras_tpp.keras_internals.after_update_step`), and copies the gradient into a
 buffer variable per kernel (not saved with the model). The masked *weights* are zeroed by
 the kernels' :class:`~keras_tpp.constraints.ChannelMask` constraint.
+
+Per backend:
+
+- TensorFlow: the hook wraps the optimizer's per-variable ``update_step``.
+- PyTorch: Keras' torch optimizers update all variables at once (``_parallel_update_step``),
+  so the hook wraps ``_backend_update_step`` and runs for each variable after it
+  (:func:`keras_tpp.keras_internals.after_variable_updates`).
+- JAX: the update runs in ``optimizer.stateless_apply``, which keeps only what is written to
+  trainable and optimizer variables and cannot read the masks. The buffers are optimizer
+  variables there (left out of the optimizer's saved state), written by the same
+  ``update_step`` hook; the slots and the kernels are masked right after the update by the
+  model's train step (:meth:`MaskedOptimizerState.hold_in_train_step`), which sees the
+  whole training state. The values are those of TensorFlow's path.
 """
 from __future__ import annotations
 
@@ -23,7 +36,8 @@ import keras
 import numpy as np
 
 from keras_tpp import filters, keras_internals
-from keras_tpp.wrappers import PruningWrapper
+from keras_tpp.constraints import ChannelMask
+from keras_tpp.wrappers import PruningWrapper, find_wrappers
 
 
 def _variable_scope(variable: keras.Variable) -> Any:
@@ -40,8 +54,15 @@ class MaskedOptimizerState:
     Args:
         wrappers: {layer path: PruningWrapper} with weight-level masks.
 
-    Call :meth:`install` with the compiled model's optimizer (built) before training; it
-    returns True when the train function must be retraced to include the hook.
+    Call :meth:`install` with the compiled model's optimizer (built) before training, and
+    :meth:`hold_in_train_step` with the model (JAX); each returns True when the train
+    function must be retraced to include its hook.
+
+    Example:
+        >>> state = MaskedOptimizerState.for_optimizer(model.optimizer, wrappers)
+        >>> if state.install(model.optimizer) | state.hold_in_train_step(model):
+        ...     model.make_train_function(force=True)
+        >>> state.gradients()  # {layer path: the last applied step's gradient}
     """
 
     def __init__(self, wrappers: dict[str, PruningWrapper]) -> None:
@@ -50,6 +71,7 @@ class MaskedOptimizerState:
         self.buffers: dict[str, keras.Variable] = {}
         self.slots: dict[str, list] = {}
         self._by_index: dict[int, tuple[keras.Variable, Any, list]] = {}
+        self._constraints: list[tuple[keras.Variable, ChannelMask]] = []
         self.optimizer = None
 
     @classmethod
@@ -65,12 +87,23 @@ class MaskedOptimizerState:
         return cls(wrappers)
 
     def install(self, optimizer: Any) -> bool:
-        """Hook ``optimizer`` (built on the model's variables); True if the hook is new."""
+        """Hook ``optimizer`` (built on the model's variables); True if the hook is new.
+
+        On JAX the growth buffers are created as variables of ``optimizer`` (a new one gets
+        new buffers), since only those survive its stateless update.
+        """
         if keras_internals.uses_gradient_accumulation(optimizer):
             raise ValueError(
                 "Sparse training does not support optimizers with gradient_accumulation_steps: "
                 "regeneration needs the gradient of each applied step.")
-        if not self.buffers:
+        stateless = keras.backend.backend() == "jax"
+        if stateless and optimizer is not self.optimizer:
+            # JAX: what update_step writes survives optimizer.stateless_apply only in the
+            # optimizer's own variables (left out of its saved state).
+            self.buffers = {path: keras_internals.add_unsaved_optimizer_variable(
+                optimizer, kernel, f"growth_gradient_{path.replace('/', '_')}")
+                for path, kernel in self.kernels.items()}
+        elif not self.buffers:
             for path, kernel in self.kernels.items():
                 with _variable_scope(kernel):
                     self.buffers[path] = keras.Variable(
@@ -85,7 +118,7 @@ class MaskedOptimizerState:
                 (self.buffers[path], self.wrappers[path].keep_mask, self.slots[path])
                 for path, kernel in self.kernels.items()}
             self.optimizer = optimizer
-        return keras_internals.after_update_step(optimizer, self._after_update)
+        return keras_internals.after_variable_updates(optimizer, self._after_update)
 
     def _after_update(self, index: int, gradient: Any) -> None:
         """In the train step, after the optimizer updated variable ``index``."""
@@ -94,8 +127,52 @@ class MaskedOptimizerState:
             return
         buffer, mask, slots = entry
         buffer.assign(keras.ops.cast(gradient, buffer.dtype))
+        if keras_internals.unmapped_in_stateless_scope(mask):
+            return  # JAX: the mask is not in the optimizer's state; _after_train_step does it
         for slot in slots:
             slot.assign(slot * keras.ops.cast(mask, slot.dtype))
+
+    def hold_in_train_step(self, model: keras.Model) -> bool:
+        """JAX: zero the masked kernels and their slots after every optimizer update, in the
+        train step (:func:`keras_tpp.keras_internals.after_train_step_with_optimizer`).
+
+        Keras' JAX trainer updates the weights in ``optimizer.stateless_apply``, which sees
+        neither the masks (so the kernels' constraints and the slot zeroing of the
+        ``update_step`` hook cannot run there) nor the model's other variables; this hook
+        runs right after it with the whole training state, and does what the constraint and
+        the hook do on TensorFlow, with the same result. It replaces
+        :func:`keras_tpp.prepared.hold_masks_in_train_step`'s hook, and also applies every
+        other mask constraint of ``model``. No-op returning False on other backends.
+
+        Args:
+            model: the compiled model being trained (its optimizer hooked by
+                :meth:`install`).
+
+        Returns:
+            True when the train step was wrapped now (the train function is retraced).
+
+        Example:
+            >>> if state.hold_in_train_step(model):
+            ...     model.make_train_function(force=True)
+        """
+        if keras.backend.backend() != "jax":
+            return False
+        self._constraints = [(variable, variable.constraint)
+                             for wrapper in find_wrappers(model)
+                             for variable, _ in wrapper.masked_variables()
+                             if isinstance(variable.constraint, ChannelMask)]
+        return keras_internals.after_train_step_with_optimizer(model, self._after_train_step)
+
+    def _after_train_step(self) -> None:
+        """In the JAX train step, after the optimizer update (every variable mapped)."""
+        for variable, constraint in self._constraints:
+            variable.assign(constraint.mask(variable.value))
+        for path, slots in self.slots.items():
+            mask = self.wrappers[path].keep_mask.value
+            for slot in slots:
+                if keras_internals.unmapped_in_stateless_scope(slot):
+                    continue  # an optimizer the model no longer uses (compiled again)
+                slot.assign(slot.value * keras.ops.cast(mask, slot.dtype))
 
     def zero_slots(self, masks: dict[str, np.ndarray] | None = None) -> None:
         """Zero the slots at the masked positions now (after the masks changed); ``masks``

@@ -2,8 +2,9 @@
 :mod:`keras_tpp.surgery`)."""
 from __future__ import annotations
 
+import glob
 import warnings
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import keras
 import numpy as np
@@ -13,6 +14,9 @@ from keras_tpp.graph import DependencyGraph, iter_layers
 from keras_tpp.surgery.constants import propagate
 from keras_tpp.surgery.edits import Surgeon, as_numpy
 from keras_tpp.surgery.plan import Plan, plan_from_masks, resolve_plan
+
+if TYPE_CHECKING:
+    from keras_tpp.latency import LatencyTable
 
 
 def check_finite(model: keras.Model) -> None:
@@ -132,16 +136,18 @@ def _build_thin(surgeon: Surgeon) -> keras.Model:
 
 def make_plan(
     model: keras.Model,
-    pruning_ratio: float | Mapping[str, float],
+    pruning_ratio: float | Mapping[str, float] | None = None,
     *,
     method: str = "l1",
     layers: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
     seed: int | None = None,
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     graph: DependencyGraph | None = None,
     on_unsupported: str = "report",
     allow_renormalization: bool = False,
+    latency_table: LatencyTable | None = None,
+    target_latency: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Choose the channels :func:`prune` removes: {first producer's path: indices}.
 
@@ -156,18 +162,52 @@ def make_plan(
     Groups keras_tpp cannot prune are left out (``on_unsupported="raise"`` raises at the
     first layer or operation it cannot follow); ``allow_renormalization=True`` also prunes
     groups through LayerNormalization over channels (outputs change).
+
+    Latency-aware options (see :mod:`keras_tpp.latency`): ``round_to="auto"`` with
+    ``latency_table=keras_tpp.latency_table(model)`` keeps, per group, the measured width at
+    least as large as the requested kept count that ran fastest; ``target_latency=r`` (instead
+    of ``pruning_ratio``, with ``latency_table``) chooses per-group widths whose predicted
+    latency is at most r × the dense model's with the least L1 mass removed
+    (:func:`keras_tpp.latency.latency_widths`; ``method`` then must be "l1").
     """
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
-                                 or round_to < 1):
-        raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}.")
+    if round_to is not None and round_to != "auto" and (
+            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer, 'auto' or None, got "
+                         f"{round_to!r}.")
+    if (pruning_ratio is None) == (target_latency is None):
+        raise ValueError("make_plan needs exactly one of pruning_ratio and target_latency.")
+    if (round_to == "auto" or target_latency is not None) and latency_table is None:
+        raise ValueError("round_to='auto' and target_latency need latency_table="
+                         "keras_tpp.latency_table(model).")
     methods = ("l1", "random")
     if method not in methods:
         raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(methods)}.")
     seed = selection.check_seed(seed)
     graph = graph or DependencyGraph(model, on_unsupported=on_unsupported,
                                      allow_renormalization=allow_renormalization)
+    if target_latency is not None:
+        from keras_tpp import latency
+
+        if method != "l1" or round_to is not None:
+            raise ValueError("target_latency chooses widths by L1 mass among the table's "
+                             "measured widths: use method='l1' and round_to=None.")
+        widths = latency.latency_widths(model, latency_table, target_latency, layers=layers,
+                                        exclude=exclude, graph=graph)
+        pruning_ratio = {
+            glob.escape(ref.path_str): (g.size - widths[ref.path_str]) / g.size
+            for g in graph.groups for ref in g.producers[:1] if ref.path_str in widths}
+        if not pruning_ratio:
+            return {}
+        layers = exclude = None
     ratios = selection.resolve_group_ratios(graph, pruning_ratio, layers=layers,
                                             exclude=exclude)
+    if round_to == "auto":
+        from keras_tpp import latency
+
+        ratios = latency.auto_round_ratios(graph, ratios, latency_table)
+        round_to = None
+    elif latency_table is not None and target_latency is None:
+        raise ValueError("latency_table is only used with round_to='auto' or target_latency.")
     chosen = selection.choose_pruned(graph, ratios, method, seed=seed, round_to=round_to)
     by_id = {group.id: group for group in graph.groups}
     return {by_id[gid].producers[0].path_str: indices for gid, indices in chosen.items()}
