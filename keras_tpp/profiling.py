@@ -122,6 +122,90 @@ def profile(model: keras.Model, *, input_shape: Any = None) -> dict:
     }
 
 
+#: Layers the roofline counts as free: no-ops or views at inference (a folded BN becomes an
+#: Identity; Dropout passes its input through; Flatten/Reshape only relabel the shape).
+ROOFLINE_FREE_LAYERS = (keras.layers.Identity, keras.layers.InputLayer, keras.layers.Dropout,
+                        keras.layers.Flatten, keras.layers.Reshape)
+
+
+def roofline(
+    model: keras.Model,
+    *,
+    peak_macs_per_s: float,
+    bytes_per_s: float,
+    batch_size: int = 1,
+    input_shape: Any = None,
+    bytes_per_element: int = 4,
+    free_layers: tuple = ROOFLINE_FREE_LAYERS,
+) -> dict:
+    """Inference time of ``model`` predicted per layer by a roofline cost model.
+
+    Every leaf layer call costs ``max(macs / peak_macs_per_s, bytes / bytes_per_s)``
+    seconds, where ``macs`` is :func:`layer_macs` × ``batch_size`` (0 for batch norms,
+    activations, additions, pooling) and ``bytes`` = ``bytes_per_element`` × (input elements
+    + output elements, both × ``batch_size``, + the layer's weight elements, read once per
+    batch). Layers of the ``free_layers`` classes cost nothing. No other fusion, no caching
+    and no per-call overhead is modelled: the result is a lower-bound-style estimate whose ratio
+    between two models (e.g. dense / thin) says how much of a MAC reduction the memory
+    traffic lets through.
+
+    Args:
+        model: functional or Sequential model (nested models allowed).
+        peak_macs_per_s: attainable multiply-accumulates per second (e.g. measured with a
+            large matmul: 2·n³ FLOPs = n³ MACs).
+        bytes_per_s: attainable memory bandwidth in bytes per second (e.g. a large copy:
+            read + write bytes / seconds).
+        batch_size: examples per call.
+        input_shape: shape without batch axis (list for several inputs); needed when the
+            model's inputs have unknown sizes.
+        bytes_per_element: 4 for float32.
+        free_layers: layer classes that cost nothing (default
+            :data:`ROOFLINE_FREE_LAYERS`); add e.g. ``keras.layers.ReLU`` for a runtime that
+            fuses activations into the layer before them (TFLite).
+    Returns:
+        {"seconds": predicted total, "compute_s": sum of the MAC terms, "memory_s": sum of
+        the byte terms, "macs", "bytes" (totals for the batch), "per_layer": [{"path",
+        "class", "macs", "bytes", "seconds", "bound": "compute" | "memory"}, ...]} with one
+        entry per leaf layer call that is not free.
+    """
+    if peak_macs_per_s <= 0 or bytes_per_s <= 0 or batch_size < 1:
+        raise ValueError("roofline needs peak_macs_per_s > 0, bytes_per_s > 0 and "
+                         "batch_size >= 1.")
+    shaped = model
+    if input_shape is not None or any(
+            d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
+        shaped = _with_input_shape(model, _input_shapes(model, input_shape))
+    per_layer = []
+
+    def visit(site: CallSite) -> list[None]:
+        layer = site.ref.layer
+        if not isinstance(layer, tuple(free_layers)):
+            macs = layer_macs(layer, site.input_shapes[0], site.output_shapes[0]) \
+                if site.input_shapes and site.output_shapes else 0
+            elements = sum(_prod(s[1:]) for s in site.input_shapes + site.output_shapes)
+            n_weights = sum(_prod(w.shape) for w in layer.weights)
+            nbytes = bytes_per_element * (elements * batch_size + n_weights)
+            compute_s = macs * batch_size / peak_macs_per_s
+            memory_s = nbytes / bytes_per_s
+            per_layer.append({
+                "path": site.ref.path_str, "class": type(layer).__name__,
+                "macs": int(macs * batch_size), "bytes": int(nbytes),
+                "seconds": max(compute_s, memory_s),
+                "bound": "compute" if compute_s >= memory_s else "memory",
+            })
+        return [None] * len(site.output_shapes)
+
+    walk(shaped, [None] * len(keras.tree.flatten(shaped.inputs)), visit)
+    return {
+        "seconds": float(sum(e["seconds"] for e in per_layer)),
+        "compute_s": float(sum(e["macs"] for e in per_layer) / peak_macs_per_s),
+        "memory_s": float(sum(e["bytes"] for e in per_layer) / bytes_per_s),
+        "macs": int(sum(e["macs"] for e in per_layer)),
+        "bytes": int(sum(e["bytes"] for e in per_layer)),
+        "per_layer": per_layer,
+    }
+
+
 def _random_inputs(model: keras.Model, batch_size: int, input_shape: Any, seed: int) -> Any:
     rng = np.random.default_rng(seed)
     shapes = _input_shapes(model, input_shape)

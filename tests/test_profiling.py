@@ -4,7 +4,7 @@ import pytest
 from keras import layers
 
 from keras_tpp import models
-from keras_tpp.profiling import compare, format_comparison, measure_latency, profile
+from keras_tpp.profiling import compare, format_comparison, measure_latency, profile, roofline
 from keras_tpp.surgery import prune
 
 
@@ -58,3 +58,27 @@ def test_latency_and_compare(capsys):
     assert "params" in format_comparison(compare(model, thin, latency=False, print_table=False))
     with pytest.raises(ValueError, match="runs"):
         measure_latency(model, runs=0)
+
+
+def test_roofline_against_hand_computed_costs():
+    inputs = keras.Input((4, 4, 2))
+    x = layers.Conv2D(3, 1, name="conv")(inputs)   # 16·2·3 = 96 MACs, 6 + 3 weights
+    x = layers.ReLU(name="relu")(x)
+    x = layers.Identity(name="folded_bn")(x)        # free
+    model = keras.Model(inputs, x)
+    # batch 2, 100 MAC/s, 1000 B/s, float32:
+    # conv: 192 MACs -> 1.92 s; 4·((32 + 48)·2 + 9) = 676 B -> 0.676 s: compute-bound, 1.92 s
+    # relu: 0 MACs; 4·(48 + 48)·2 = 768 B -> 0.768 s: memory-bound
+    result = roofline(model, peak_macs_per_s=100.0, bytes_per_s=1000.0, batch_size=2)
+    by_path = {e["path"]: e for e in result["per_layer"]}
+    assert set(by_path) == {"conv", "relu"}
+    assert by_path["conv"]["macs"] == 192 and by_path["conv"]["bytes"] == 676
+    assert by_path["conv"]["bound"] == "compute"
+    assert by_path["conv"]["seconds"] == pytest.approx(1.92)
+    assert by_path["relu"]["bytes"] == 768 and by_path["relu"]["bound"] == "memory"
+    assert by_path["relu"]["seconds"] == pytest.approx(0.768)
+    assert result["seconds"] == pytest.approx(1.92 + 0.768)
+    assert result["compute_s"] == pytest.approx(1.92)
+    assert result["memory_s"] == pytest.approx((676 + 768) / 1000)
+    with pytest.raises(ValueError, match="peak_macs_per_s"):
+        roofline(model, peak_macs_per_s=0.0, bytes_per_s=1.0)
