@@ -39,7 +39,7 @@ setup(
         "test": [
             "tensorflow>=2.16,<2.22",
             "tensorboard>=2.16",
-            "pytest>=7",
+            "pytest>=8.2",  # 8.2: @file argument lists (tests/torch_files.txt)
             "pytest-xdist>=3",
             "tensorflow-datasets>=4.9",
             "matplotlib>=3.7",

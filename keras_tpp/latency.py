@@ -265,9 +265,15 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        """The table :meth:`save` wrote to ``path``."""
+        """The table :meth:`save` wrote to ``path`` (ValueError naming the file if it is not
+        one)."""
         with open(path) as handle:
-            return cls.from_json(handle.read())
+            text = handle.read()
+        try:
+            return cls.from_json(text)
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{os.fspath(path)!r} is not a latency table saved by "
+                             f"LatencyTable.save: {err}") from err
 
 
 # -- measuring --------------------------------------------------------------------------------

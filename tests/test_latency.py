@@ -110,6 +110,10 @@ def test_measured_table_shape_and_round_trip(tmp_path):
     assert loaded.get_config() == table.get_config()
     assert LatencyTable.from_json(table.to_json()) == table
     assert json.loads(path.read_text())["groups"][0]["name"] == "c1"
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt.json.*not a latency table"):
+        LatencyTable.load(corrupt)
 
 
 def test_fitted_table_recovers_slope_and_odd_penalty():
