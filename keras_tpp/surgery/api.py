@@ -12,7 +12,7 @@ import numpy as np
 from keras_tpp import cloning, prepared, selection
 from keras_tpp.graph import DependencyGraph, iter_layers
 from keras_tpp.surgery.constants import propagate
-from keras_tpp.surgery.edits import Surgeon, as_numpy
+from keras_tpp.surgery.edits import Surgeon, as_numpy, reading_once
 from keras_tpp.surgery.plan import Plan, plan_from_masks, resolve_plan
 
 if TYPE_CHECKING:
@@ -98,12 +98,13 @@ def shrink(model: keras.Model, plan: Plan | None = None, *,
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"shrink expects a keras.Model, got {type(model).__name__}.")
-    check_finite(model)
-    if plan is None:
-        prepared.check_pruned_channels_zero(model)
-        plan = plan_from_masks(prepared.get_masks(model))
-        model = prepared.strip(model)  # the same weights: already checked
-    return _shrink(model, plan, on_unsupported, allow_renormalization)
+    with reading_once():  # each weight leaves the backend once
+        check_finite(model)
+        if plan is None:
+            prepared.check_pruned_channels_zero(model)
+            plan = plan_from_masks(prepared.get_masks(model))
+            model = prepared.strip(model)  # the same weights: already checked
+        return _shrink(model, plan, on_unsupported, allow_renormalization)
 
 
 def _shrink(model: keras.Model, plan: Plan, on_unsupported: str = "report",

@@ -7,8 +7,10 @@ exact, and :mod:`~keras_tpp.surgery.api` rebuilds the model with the results.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import numpy as np
@@ -17,9 +19,35 @@ from keras_tpp import filters, layer_roles
 from keras_tpp.graph import DependencyGraph, LayerRef, Layout, operations
 
 
+#: {id(variable): (variable, its value)} while :func:`reading_once` is active, else None.
+_READ_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "keras_tpp_surgery_read_cache", default=None)
+
+
+@contextlib.contextmanager
+def reading_once() -> Iterator[None]:
+    """Within this context, :func:`as_numpy` reads each Keras variable from its backend once.
+
+    Surgery reads most weights two or three times (the finiteness check, the values of
+    removed channels, the thin weights); nothing assigns to the model's variables in
+    between. Example: ``with reading_once(): check_finite(model); thin = _shrink(...)``.
+    """
+    token = _READ_CACHE.set({})
+    try:
+        yield
+    finally:
+        _READ_CACHE.reset(token)
+
+
 def as_numpy(variable: Any) -> np.ndarray:
-    """A variable's value as a numpy array (a copy)."""
-    return np.array(keras.ops.convert_to_numpy(variable))
+    """A variable's value (or a tensor's) as a numpy array (a copy)."""
+    cache = _READ_CACHE.get()
+    if cache is None or not isinstance(variable, keras.Variable):
+        return np.array(keras.ops.convert_to_numpy(variable))
+    entry = cache.get(id(variable))
+    if entry is None or entry[0] is not variable:
+        entry = cache[id(variable)] = (variable, np.asarray(keras.ops.convert_to_numpy(variable)))
+    return np.array(entry[1])
 
 
 def input_channels(layer: keras.layers.Layer) -> int:
