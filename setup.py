@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="keras-tpp",
-    version="0.4.0",
+    version="0.5.0",
     description=(
         "Trainability Preserving Pruning (TPP) and related structured pruning "
         "methods for Keras 3, with exact model surgery, and sparse training (GraNet, "

@@ -59,4 +59,4 @@ from keras_tpp.surgery import make_plan, prune, shrink, zero_channels
 from keras_tpp.workflow import prepare
 from keras_tpp.wrappers import PruningWrapper
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
