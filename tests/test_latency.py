@@ -232,6 +232,10 @@ def test_latency_plan_shrinks_exactly_and_composes():
                                expected, rtol=1e-5, atol=1e-6)
     widths = latency.plan_widths(keras_tpp.DependencyGraph(model), plan)
     assert table.predict(widths) <= 0.7 * table.model_ms
+    # prepare takes the same ratios: its L1 masks prune exactly the plan's channels
+    masks = keras_tpp.get_masks(keras_tpp.prepare(model, ratios, method="l1"))
+    assert {k: np.flatnonzero(~m).tolist() for k, m in masks.items() if not m.all()} == {
+        k: sorted(v.tolist()) for k, v in plan.items()}
 
 
 def test_bad_inputs_raise_before_anything_changes():
