@@ -100,7 +100,7 @@ def run_model(name: str, args, out_dir: str) -> dict:
     nets = [model] + [v[1] for v in variants.values()]
     rounds, mins = [], []
     for r in range(args.repeats):
-        summaries = profiling._interleaved(nets, args.batch, args.warmup, args.runs, None, r)
+        summaries = profiling.measure_interleaved(nets, args.batch, args.warmup, args.runs, None, r)
         rounds.append([s["median_ms"] for s in summaries])
         mins.append([s["min_ms"] for s in summaries])
         print(f"  round {r + 1}: " + ", ".join(

@@ -427,11 +427,11 @@ def latency_table(
     if statistic not in ("median", "min"):
         raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}.")
     width_fn = _width_function(widths)
-    shapes = profiling._input_shapes(model, input_shape)
+    shapes = profiling.input_shapes(model, input_shape)
     shaped = model
     if input_shape is not None or any(
             d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
-        shaped = profiling._with_input_shape(model, shapes)
+        shaped = profiling.with_input_shape(model, shapes)
     graph = DependencyGraph(shaped, on_unsupported=on_unsupported,
                             allow_renormalization=allow_renormalization)
     if layers is None and exclude is None:
@@ -444,7 +444,7 @@ def latency_table(
     plan_widths = {g.id: _widths_for(g, width_fn) for g in selected}
 
     rng = np.random.default_rng(seed)
-    model_ms = profiling._interleaved([shaped], batch_size, warmup, model_runs,
+    model_ms = profiling.measure_interleaved([shaped], batch_size, warmup, model_runs,
                                       None, seed)[0][f"{statistic}_ms"]
     entries: dict[str, GroupLatency] = {}
     for group in selected:

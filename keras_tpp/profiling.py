@@ -60,7 +60,7 @@ def layer_macs(layer: keras.layers.Layer, input_shape: tuple, output_shape: tupl
     return 0
 
 
-def _with_input_shape(model: keras.Model, input_shape: Any) -> keras.Model:
+def with_input_shape(model: keras.Model, input_shape: Any) -> keras.Model:
     """Same architecture on inputs of fixed shape (weights are not needed for shapes)."""
     shapes = input_shape if isinstance(input_shape, list) else [input_shape]
     originals = list(keras.tree.flatten(model.inputs))
@@ -72,7 +72,16 @@ def _with_input_shape(model: keras.Model, input_shape: Any) -> keras.Model:
                          copy_weights=False).model
 
 
-def _input_shapes(model: keras.Model, input_shape: Any) -> list[tuple]:
+def input_shapes(model: keras.Model, input_shape: Any) -> list[tuple]:
+    """The per-example input shapes to profile or time ``model`` at (no batch axis).
+
+    Args:
+        model: the model.
+        input_shape: one shape or a list of shapes (one per input), or None for the model's
+            own (ValueError if they have unknown sizes).
+    Returns:
+        One tuple of ints per input.
+    """
     if input_shape is not None:
         shapes = input_shape if isinstance(input_shape, list) else [input_shape]
         return [tuple(int(d) for d in s) for s in shapes]
@@ -98,7 +107,7 @@ def profile(model: keras.Model, *, input_shape: Any = None) -> dict:
     shaped = model
     if input_shape is not None or any(
             d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
-        shaped = _with_input_shape(model, _input_shapes(model, input_shape))
+        shaped = with_input_shape(model, input_shapes(model, input_shape))
     per_layer = []
 
     def visit(site: CallSite) -> list[None]:
@@ -174,7 +183,7 @@ def roofline(
     shaped = model
     if input_shape is not None or any(
             d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
-        shaped = _with_input_shape(model, _input_shapes(model, input_shape))
+        shaped = with_input_shape(model, input_shapes(model, input_shape))
     per_layer = []
 
     def visit(site: CallSite) -> list[None]:
@@ -208,7 +217,7 @@ def roofline(
 
 def _random_inputs(model: keras.Model, batch_size: int, input_shape: Any, seed: int) -> Any:
     rng = np.random.default_rng(seed)
-    shapes = _input_shapes(model, input_shape)
+    shapes = input_shapes(model, input_shape)
     xs = [rng.random((batch_size,) + shape, dtype=np.float32) for shape in shapes]
     return xs[0] if len(xs) == 1 else xs
 
@@ -226,10 +235,19 @@ def _summary(times_ms: list[float], batch_size: int) -> dict:
     }
 
 
-def _interleaved(nets: Sequence[keras.Model], batch_size: int, warmup: int, runs: int,
+def measure_interleaved(nets: Sequence[keras.Model], batch_size: int, warmup: int, runs: int,
                  input_shape: Any, seed: int) -> list[dict]:
     """Time several models in alternation (A B A B ...), so that load from other processes
-    affects them alike; one summary per model."""
+    affects them alike.
+
+    Args:
+        nets: the models.
+        batch_size, warmup, runs: as in :func:`measure_latency`.
+        input_shape: as in :func:`input_shapes` (None: each model's own).
+        seed: seed of the random float32 inputs.
+    Returns:
+        One :func:`measure_latency` summary (milliseconds) per model, in order.
+    """
     if runs < 1 or warmup < 0 or batch_size < 1:
         raise ValueError("measure_latency needs runs >= 1, warmup >= 0 and batch_size >= 1.")
     xs = [_random_inputs(net, batch_size, input_shape, seed) for net in nets]
@@ -260,7 +278,7 @@ def measure_latency(
     (the first traces the graph), then ``runs`` timed calls.
     Returns {"median_ms", "p10_ms", "p90_ms", "min_ms", "mean_ms", "batch_size", "runs"}.
     """
-    return _interleaved([model], batch_size, warmup, runs, input_shape, seed)[0]
+    return measure_interleaved([model], batch_size, warmup, runs, input_shape, seed)[0]
 
 
 def compare(
@@ -298,7 +316,7 @@ def compare(
             raise TypeError(f"compare() got unexpected keyword arguments {sorted(unknown)}.")
         kwargs.update(latency_kwargs)
         for batch in batch_sizes:
-            lat_b, lat_a = _interleaved([before, after], int(batch), kwargs["warmup"],
+            lat_b, lat_a = measure_interleaved([before, after], int(batch), kwargs["warmup"],
                                         kwargs["runs"], kwargs["input_shape"], kwargs["seed"])
             speedup = lat_b["median_ms"] / lat_a["median_ms"]
             result["latency"][int(batch)] = {
