@@ -277,36 +277,7 @@ def after_train_step(model: Any, hook: Callable[[], None]) -> bool:
         >>> after_train_step(model, lambda: kernel.assign(kernel.value * mask.value))
         True
     """
-    if keras.backend.backend() != "jax":
-        return False
-    if getattr(model, "_keras_tpp_step_hook", None) == hook:
-        return False
-    original = getattr(model, "_keras_tpp_train_step", None)
-    if original is None:
-        original = model.train_step
-        model._keras_tpp_train_step = original
-
-    def train_step(state: Any, data: Any) -> Any:
-        token = _IN_WRAPPED_STEP.set(True)
-        try:
-            logs, state = original(state, data)
-        finally:
-            _IN_WRAPPED_STEP.reset(token)
-        trainable, non_trainable, *rest = state
-        trainable_refs = model.trainable_variables
-        non_trainable_refs = model.non_trainable_variables
-        mapping = (list(zip(trainable_refs, trainable))
-                   + list(zip(non_trainable_refs, non_trainable)))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            hook()
-        trainable = [scope.get_current_value(v) for v in trainable_refs]
-        non_trainable = [scope.get_current_value(v) for v in non_trainable_refs]
-        return logs, (trainable, non_trainable, *rest)
-
-    model.train_step = train_step
-    model._keras_tpp_step_hook = hook
-    model.train_function = None
-    return True
+    return _wrap_train_step(model, hook, with_optimizer=False)
 
 
 # -- keras.ops operations in functional graphs ------------------------------------------------
@@ -372,6 +343,15 @@ def after_train_step_with_optimizer(model: Any, hook: Callable[[], None]) -> boo
         >>> after_train_step_with_optimizer(model, lambda: slot.assign(slot * mask))
         True
     """
+    return _wrap_train_step(model, hook, with_optimizer=True)
+
+
+def _wrap_train_step(model: Any, hook: Callable[[], None], with_optimizer: bool) -> bool:
+    """JAX: wrap ``model.train_step`` to run ``hook()`` after the update in a StatelessScope
+    mapping the model's trainable and non-trainable variables (and, ``with_optimizer``, the
+    optimizer's) to their post-update values; the scope's values become the new state.
+    The wrapper replaces any earlier one (the original step is kept once). False when not
+    on JAX or when ``hook`` is already installed."""
     if keras.backend.backend() != "jax":
         return False
     if getattr(model, "_keras_tpp_step_hook", None) == hook:
@@ -380,6 +360,7 @@ def after_train_step_with_optimizer(model: Any, hook: Callable[[], None]) -> boo
     if original is None:
         original = model.train_step
         model._keras_tpp_train_step = original
+    count = 3 if with_optimizer else 2  # state = (trainable, non_trainable, optimizer, ...)
 
     def train_step(state: Any, data: Any) -> Any:
         token = _IN_WRAPPED_STEP.set(True)
@@ -387,10 +368,9 @@ def after_train_step_with_optimizer(model: Any, hook: Callable[[], None]) -> boo
             logs, state = original(state, data)
         finally:
             _IN_WRAPPED_STEP.reset(token)
-        trainable, non_trainable, optimizer_values, *rest = state
+        values, rest = state[:count], state[count:]
         groups = (model.trainable_variables, model.non_trainable_variables,
-                  model.optimizer.variables)
-        values = (trainable, non_trainable, optimizer_values)
+                  model.optimizer.variables if with_optimizer else ())[:count]
         mapping = [pair for refs, vals in zip(groups, values) for pair in zip(refs, vals)]
         with keras.StatelessScope(state_mapping=mapping) as scope:
             hook()

@@ -1,14 +1,14 @@
 """One backend's side of tests/test_cross_backend_saving.py (run as a script).
 
-    KERAS_BACKEND=jax python tests/cross_backend_saving.py write DIR
-    KERAS_BACKEND=torch python tests/cross_backend_saving.py read DIR OUTDIR
+    KERAS_BACKEND=jax python tests/cross_backend_saving.py DIR
 
 ``write`` prepares a small CNN for TPP (seed 0), trains it 4 steps with the pruning callback
 (λ > 0 from the first step), then saves DIR/<backend>/prepared.keras, applies the masks,
 shrinks, saves DIR/<backend>/thin.keras, and writes DIR/<backend>/expected.npz: the inputs,
-both models' outputs, the masks and the wrappers' λ. ``read`` loads the files every other
-backend wrote in DIR and writes what it computes from them to OUTDIR/<writer>.npz, under the
-same keys.
+both models' outputs, the masks and the wrappers' λ. :func:`read` loads the files one
+backend wrote and returns what it computes from them, under the same keys. Run as a script,
+it writes its own backend's files and reads TensorFlow's (DIR/tensorflow, written first by
+the test session), saving the numbers to DIR/<backend>_read_tensorflow.npz.
 """
 import os
 import sys
@@ -56,22 +56,17 @@ def write(folder: str) -> None:
     np.savez(os.path.join(folder, "expected.npz"), **numbers)
 
 
-def read(folder: str, out_folder: str) -> None:
-    for writer in sorted(os.listdir(folder)):
-        if writer != keras.backend.backend():
-            _read_one(os.path.join(folder, writer), os.path.join(out_folder, f"{writer}.npz"))
-
-
-def _read_one(folder: str, out: str) -> None:
+def read(folder: str) -> dict:
+    """What this backend computes from the files another backend wrote in ``folder``."""
     with np.load(os.path.join(folder, "expected.npz")) as saved:
         x = saved["x"]
     pmodel = keras.models.load_model(os.path.join(folder, "prepared.keras"))
     thin = keras.models.load_model(os.path.join(folder, "thin.keras"))
-    np.savez(out, **_numbers(pmodel, thin, x))
+    return _numbers(pmodel, thin, x)
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "write":
-        write(os.path.join(sys.argv[2], keras.backend.backend()))
-    else:
-        read(sys.argv[2], sys.argv[3])
+    backend = keras.backend.backend()
+    write(os.path.join(sys.argv[1], backend))
+    np.savez(os.path.join(sys.argv[1], f"{backend}_read_tensorflow.npz"),
+             **read(os.path.join(sys.argv[1], "tensorflow")))

@@ -31,6 +31,10 @@ OTHERS = ("jax", pytest.param("torch", marks=pytest.mark.skipif(
     importlib.util.find_spec("torch") is None,
     reason="torch is not installed: pip install torch==2.13.0 (CPU wheel)")))
 
+#: One pytest-xdist worker runs every test here (with --dist loadgroup), so the module
+#: fixture's subprocesses run once, not once per worker.
+pytestmark = pytest.mark.xdist_group("backend_parity")
+
 once_per_ci = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="runs every backend in its own subprocess: once, in the TensorFlow test session")
