@@ -91,12 +91,7 @@ def _build() -> tuple[keras.Model, str, int, int, str | None]:
     return model, "resnet50", side, 1000, FLAGS.layers or None
 
 
-#: SPEC's 2.31× ResNet-50 preset: {layer pattern: pruning ratio}.
-RESNET50_2_31X = {
-    f"conv{stage}_*_{conv}_conv": ratio
-    for stage, ratio in ((2, 0.6), (3, 0.6), (4, 0.6), (5, 0.21))
-    for conv in (1, 2)
-}
+RESNET50_2_31X = models.resnet50_ratios("2.31x")  # SPEC's 2.31× preset
 
 
 def _gram_macs(model: keras.Model) -> int:

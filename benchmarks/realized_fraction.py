@@ -1,7 +1,7 @@
 """How much of a thin model's MAC reduction becomes speed on CPU, and what bounds it?
 
-For each setting (the TPP paper's pruning of ResNet-56 and ResNet-50, L1 one-shot, as in
-``benchmarks/surgery_speed.py``) the dense model and its thin variants — kept widths as
+For each setting (the TPP paper's pruning of ResNet-56 and ResNet-50, L1 one-shot) the
+dense model and its thin variants — kept widths as
 chosen, and rounded up to multiples of ``--round-to`` (``make_plan(..., round_to=k)``) — are
 timed in alternation, round-robin, in up to three forms:
 
@@ -55,11 +55,7 @@ import numpy as np  # noqa: E402
 from keras_tpp import deployment, folding, layer_roles, models, profiling, surgery  # noqa: E402
 from keras_tpp.graph import CallSite, walk  # noqa: E402
 
-RESNET50_2_31X = {
-    f"conv{stage}_*_{conv}_conv": ratio
-    for stage, ratio in ((2, 0.6), (3, 0.6), (4, 0.6), (5, 0.21))
-    for conv in (1, 2)
-}
+RESNET50_2_31X = models.resnet50_ratios("2.31x")  # SPEC's 2.31× preset
 
 #: name -> (builder, ratios, Keras batch sizes, TFLite batch sizes)
 SETTINGS: dict[str, tuple[Callable[[], keras.Model], dict, list[int], list[int]]] = {

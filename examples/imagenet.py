@@ -30,15 +30,12 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
+from keras_tpp import models  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 #: SPEC §1: ratios of (stage1, stage2, stage3, stage4) = Keras conv2..conv5.
-PRESETS = {
-    "1.49x": (0.3, 0.3, 0.3, 0.14),
-    "2.31x": (0.6, 0.6, 0.6, 0.21),
-    "2.56x": (0.74, 0.74, 0.6, 0.21),
-    "3.06x": (0.68, 0.68, 0.68, 0.5),
-}
+PRESETS = models.RESNET50_PRESETS
 
 flags.DEFINE_enum("preset", "2.31x", tuple(PRESETS),
                   "SPEC's per-stage ratios for conv1/conv2 of each bottleneck: " + "; ".join(
@@ -80,12 +77,7 @@ def build_model():
 def prune_targets(ratio):
     if isinstance(ratio, dict):
         return ratio, None
-    ratios = PRESETS[FLAGS.preset] if ratio is None else (ratio,) * 4
-    mapping = {}
-    for stage, r in zip(range(2, 6), ratios):
-        for conv in (1, 2):
-            mapping[f"conv{stage}_block*_{conv}_conv"] = r
-    return mapping, None
+    return models.resnet50_ratios(FLAGS.preset if ratio is None else (ratio,) * 4), None
 
 
 def make_data():

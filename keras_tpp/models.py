@@ -222,3 +222,38 @@ def small_cnn(
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = layers.Dense(num_classes, name="classifier")(x)
     return keras.Model(inputs, outputs, name="small_cnn")
+
+
+#: SPEC §1's ResNet-50 (ImageNet) presets, named by their MAC reduction: pruning ratios of
+#: conv1 and conv2 of every bottleneck in Keras' stages conv2_x, conv3_x, conv4_x, conv5_x.
+RESNET50_PRESETS: dict[str, tuple[float, float, float, float]] = {
+    "1.49x": (0.3, 0.3, 0.3, 0.14),
+    "2.31x": (0.6, 0.6, 0.6, 0.21),
+    "2.56x": (0.74, 0.74, 0.6, 0.21),
+    "3.06x": (0.68, 0.68, 0.68, 0.5),
+}
+
+
+def resnet50_ratios(preset: str | tuple[float, float, float, float] = "2.31x") -> dict[str, float]:
+    """``pruning_ratio`` for ``keras.applications.ResNet50``: {layer pattern: ratio}.
+
+    Args:
+        preset: a key of :data:`RESNET50_PRESETS` or four per-stage ratios (conv2_x..conv5_x),
+            applied to the first two convs of every bottleneck
+            (``conv{stage}_block*_{1,2}_conv``; the block-final convs and shortcuts stay).
+    Returns:
+        {pattern: ratio}, accepted by prepare, make_plan and prune.
+
+    Example:
+        >>> thin = keras_tpp.prune(keras.applications.ResNet50(weights=None),
+        ...                        keras_tpp.models.resnet50_ratios("2.31x"))  # 2.31× fewer MACs
+    """
+    if isinstance(preset, str):
+        if preset not in RESNET50_PRESETS:
+            raise ValueError(f"Unknown ResNet-50 preset {preset!r}; choose from "
+                             f"{', '.join(RESNET50_PRESETS)} or give four ratios.")
+        preset = RESNET50_PRESETS[preset]
+    if len(preset) != 4:
+        raise ValueError(f"A ResNet-50 preset has four per-stage ratios, got {preset!r}.")
+    return {f"conv{stage}_block*_{conv}_conv": float(ratio)
+            for stage, ratio in zip(range(2, 6), preset) for conv in (1, 2)}
