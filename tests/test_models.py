@@ -23,3 +23,15 @@ def test_resnet50_ratios_bad_inputs():
     with pytest.raises(ValueError, match="four per-stage ratios"):
         models.resnet50_ratios((0.5, 0.5))
     assert models.resnet50_ratios((0.1, 0.2, 0.3, 0.4))["conv5_block*_2_conv"] == 0.4
+
+
+def test_the_imagenet_example_offers_every_preset():
+    import ast
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", "imagenet.py")
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    names = next(ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PRESETS")
+    assert tuple(names) == tuple(models.RESNET50_PRESETS)
