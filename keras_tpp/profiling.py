@@ -93,6 +93,22 @@ def input_shapes(model: keras.Model, input_shape: Any) -> list[tuple]:
     return shapes
 
 
+def _shaped(model: keras.Model, input_shape: Any) -> keras.Model:
+    """``model`` itself, or a copy on fixed input shapes when ``input_shape`` is given or the
+    model's inputs have unknown sizes."""
+    if input_shape is not None or any(
+            d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
+        return with_input_shape(model, input_shapes(model, input_shape))
+    return model
+
+
+def _site_macs(site: CallSite) -> int:
+    """MACs per example of one layer call (0 without a MAC formula or known shapes)."""
+    if not (site.input_shapes and site.output_shapes):
+        return 0
+    return layer_macs(site.ref.layer, site.input_shapes[0], site.output_shapes[0])
+
+
 def profile(model: keras.Model, *, input_shape: Any = None) -> dict:
     """Parameter count and MACs of one example.
 
@@ -104,15 +120,11 @@ def profile(model: keras.Model, *, input_shape: Any = None) -> dict:
         {"params": int, "macs": int, "per_layer": [{"path", "class", "macs",
         "output_shape"}, ...]} with one entry per layer call that has a MAC formula.
     """
-    shaped = model
-    if input_shape is not None or any(
-            d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
-        shaped = with_input_shape(model, input_shapes(model, input_shape))
+    shaped = _shaped(model, input_shape)
     per_layer = []
 
     def visit(site: CallSite) -> list[None]:
-        macs = layer_macs(site.ref.layer, site.input_shapes[0], site.output_shapes[0]) \
-            if site.input_shapes and site.output_shapes else 0
+        macs = _site_macs(site)
         if macs:
             per_layer.append({
                 "path": site.ref.path_str,
@@ -180,17 +192,13 @@ def roofline(
     if peak_macs_per_s <= 0 or bytes_per_s <= 0 or batch_size < 1:
         raise ValueError("roofline needs peak_macs_per_s > 0, bytes_per_s > 0 and "
                          "batch_size >= 1.")
-    shaped = model
-    if input_shape is not None or any(
-            d is None for t in keras.tree.flatten(model.inputs) for d in t.shape[1:]):
-        shaped = with_input_shape(model, input_shapes(model, input_shape))
+    shaped = _shaped(model, input_shape)
     per_layer = []
 
     def visit(site: CallSite) -> list[None]:
         layer = site.ref.layer
         if not isinstance(layer, tuple(free_layers)):
-            macs = layer_macs(layer, site.input_shapes[0], site.output_shapes[0]) \
-                if site.input_shapes and site.output_shapes else 0
+            macs = _site_macs(site)
             elements = sum(_prod(s[1:]) for s in site.input_shapes + site.output_shapes)
             n_weights = sum(_prod(w.shape) for w in layer.weights)
             nbytes = bytes_per_element * (elements * batch_size + n_weights)
