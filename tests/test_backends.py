@@ -15,7 +15,6 @@ callback reading the weights of the fit in progress, and (PyTorch) export's clea
 It runs every backend whatever ``KERAS_BACKEND`` the test session uses, so it runs once, in
 the TensorFlow session (skipped in the others).
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,21 +22,14 @@ import sys
 import keras
 import numpy as np
 import pytest
+from backend_subprocess import OTHERS, once_per_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "backend_parity.py")
-#: The backends compared with TensorFlow's numbers (torch only where it is installed).
-OTHERS = ("jax", pytest.param("torch", marks=pytest.mark.skipif(
-    importlib.util.find_spec("torch") is None,
-    reason="torch is not installed: pip install torch==2.13.0 (CPU wheel)")))
 
 #: One pytest-xdist worker runs every test here (with --dist loadgroup), so the module
 #: fixture's subprocesses run once, not once per worker.
 pytestmark = pytest.mark.xdist_group("backend_parity")
-
-once_per_ci = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="runs every backend in its own subprocess: once, in the TensorFlow test session")
 
 
 def _initial_weights(path: str) -> None:

@@ -14,30 +14,22 @@ the TensorFlow session (skipped in the others). The PyTorch comparison is skippe
 torch is not installed; the ``steps_per_execution=3`` run is compared on JAX only (Keras'
 PyTorch trainer requires 1).
 """
-import importlib.util
 import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
+from backend_subprocess import HAS_TORCH, OTHERS, once_per_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "sparse_training_parity.py")
 #: Runs of the script (its RUNS) for every backend; "granet_spe3" on TensorFlow and JAX only.
 RUNS = ("gmp", "granet_sgd", "granet_adam", "rigl")
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-OTHERS = ("jax", pytest.param("torch", marks=pytest.mark.skipif(
-    not HAS_TORCH, reason="torch is not installed: pip install torch==2.13.0 (CPU wheel)")))
 
 #: One pytest-xdist worker runs every test here (with --dist loadgroup), so the module
 #: fixture's subprocesses run once, not once per worker.
 pytestmark = pytest.mark.xdist_group("sparse_training_parity")
-
-once_per_ci = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="runs every backend in its own subprocess: once, in the TensorFlow test session")
 
 
 def _initial_weights(path: str) -> None:
